@@ -1,0 +1,128 @@
+"""The function form: ``nmf(X, n_components, ...) -> (W, H, info)``."""
+import numpy as np
+
+from . import _driver
+from ._data import make_operator
+from ._init import initialize
+from ._threads import resolve_n_threads, thread_limit
+from ._validation import (INITS, check_factor, check_int, check_l1_ratio, check_n_components,
+                          check_real, check_X, resolve_beta, resolve_solver)
+from .solvers import SOLVER_CLASSES
+from .solvers._base import Penalty
+
+
+def regularization(alpha_W, alpha_H, l1_ratio, shape):
+    """Per-factor (l1, l2) weights with scikit-learn's scaling: the W penalty is multiplied by
+    n_features (n) and the H penalty by n_samples (m), so that alpha means the same for any
+    matrix size. Objective:  D(X|WH) + n a_W (rho_W |W|_1 + (1-rho_W)/2 |W|^2)
+                                     + m a_H (rho_H |H|_1 + (1-rho_H)/2 |H|^2)."""
+    a_W = check_real("alpha_W", alpha_W)
+    a_H = a_W if (isinstance(alpha_H, str) and alpha_H == "same") else None
+    if a_H is None:
+        if isinstance(alpha_H, str):
+            raise ValueError(f"alpha_H={alpha_H!r} must be a non-negative number or 'same'.")
+        a_H = check_real("alpha_H", alpha_H)
+    rho_W, rho_H = check_l1_ratio(l1_ratio)
+    m, n = shape
+    return Penalty(l1_W=n * a_W * rho_W, l2_W=n * a_W * (1 - rho_W),
+                   l1_H=m * a_H * rho_H, l2_H=m * a_H * (1 - rho_H))
+
+
+def _constant_factor(X, shape, k, dtype):
+    """The start used for a free factor when the other is given: sqrt(mean(X) / k)."""
+    avg = np.sqrt(float(X.sum(dtype=np.float64)) / (X.shape[0] * X.shape[1]) / k)
+    return np.full(shape, avg, dtype=dtype)
+
+
+def nmf(X, n_components=None, *, init=None, solver="auto", beta_loss="frobenius", tol=1e-4,
+        max_iter=200, random_state=None, alpha_W=0.0, alpha_H="same", l1_ratio=0.0, W=None,
+        H=None, update_W=True, update_H=True, n_threads=None, max_time=None, eval_every=10,
+        callback=None, verbose=0):
+    """Non-negative matrix factorization X ~ W @ H minimizing a beta-divergence.
+
+    Parameters
+    ----------
+    X : array-like or scipy.sparse matrix/array, shape (m, n), non-negative
+        Sparse input of any format is converted once to CSR and never densified. float32 and
+        float64 are kept; integer and bool become float64.
+    n_components : int or None
+        The rank r. None: n (the number of columns), as in scikit-learn.
+    init : {"random", "nndsvd", "nndsvda", "nndsvdar", "custom"} or None
+        None: "nndsvda" when r <= min(m, n), else "random"; "custom" when W and H are given.
+    solver : {"auto", "mu", "hals"}
+        "auto": HALS for the Frobenius loss, multiplicative updates otherwise.
+    beta_loss : {"frobenius", "kullback-leibler"/"kl", "itakura-saito"/"is"} or float
+        The beta of the beta-divergence (2, 1, 0 for the names). beta <= 0 requires X > 0
+        everywhere (the divergence is infinite at zeros) and raises ValueError otherwise.
+    tol : float >= 0
+        Stop when the objective decreased by less than ``tol`` (relative) between two
+        evaluations. 0 disables the test.
+    max_iter : int >= 1
+    random_state : None, int, numpy Generator or RandomState
+    alpha_W, alpha_H, l1_ratio : regularization, as in scikit-learn (see ``regularization``);
+        ``l1_ratio`` may be a pair (for W, for H).
+    W, H : arrays, optional
+        Initial factors for init="custom", or the fixed factor when update_W / update_H is False.
+    update_W, update_H : bool
+        False keeps that factor fixed (it must then be given).
+    n_threads : int, -1 or None
+        Numba and BLAS threads for this call (None / -1: all); restored afterwards.
+    max_time : float, optional
+        Stop after this many seconds (checked after each iteration).
+    eval_every : int >= 1
+        Iterations between evaluations of the objective (tolerance test, history, callback).
+    callback : callable(iteration, W, H, loss) -> bool, optional
+        Called at each evaluation; returning True stops the fit. W and H are views of the
+        working factors: do not modify them.
+    verbose : int
+
+    Returns
+    -------
+    W : ndarray (m, r); H : ndarray (r, n); info : dict with n_iter, loss (objective with
+    penalties), data_loss, reconstruction_err (sqrt(2 data_loss), scikit-learn's), loss_history,
+    loss_iterations, converged, stop_reason, elapsed, beta, solver, init, n_threads.
+    """
+    beta = resolve_beta(beta_loss)
+    solver_name = resolve_solver(solver, beta)
+    X = check_X(X, beta)
+    m, n = X.shape
+    dtype = X.dtype
+    k = check_n_components(n if n_components is None else n_components, (m, n))
+    max_iter = check_int("max_iter", max_iter, 1)
+    tol = check_real("tol", tol)
+    eval_every = check_int("eval_every", eval_every, 1)
+    if max_time is not None:
+        max_time = check_real("max_time", max_time, 0.0, low_inclusive=False)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback={callback!r} must be callable(iteration, W, H, loss).")
+    if not (update_W or update_H):
+        raise ValueError("update_W and update_H are both False: there is nothing to fit.")
+    penalty = regularization(alpha_W, alpha_H, l1_ratio, (m, n))
+    if init is None:
+        init = "custom" if (W is not None and H is not None) else (
+            "nndsvda" if k <= min(m, n) else "random")
+    if init not in INITS:
+        raise ValueError(f"init={init!r} is not known; use one of {INITS}.")
+    n_threads = resolve_n_threads(n_threads)
+
+    with thread_limit(n_threads):
+        if not update_W or not update_H:
+            W0 = (check_factor("W", W, (m, k), dtype) if (W is not None or not update_W)
+                  else _constant_factor(X, (m, k), k, dtype))
+            Ht0 = (np.ascontiguousarray(check_factor("H", H, (k, n), dtype).T)
+                   if (H is not None or not update_H)
+                   else _constant_factor(X, (n, k), k, dtype))
+        elif init == "custom":
+            W0 = check_factor("W", W, (m, k), dtype)
+            Ht0 = np.ascontiguousarray(check_factor("H", H, (k, n), dtype).T)
+        else:
+            W0, Ht0 = initialize(X, k, init, random_state, dtype)
+        op = make_operator(X)
+        algo = SOLVER_CLASSES[solver_name](op, W0, Ht0, beta, penalty, update_W, update_H)
+        result = _driver.run(algo, max_iter=max_iter, tol=tol, eval_every=eval_every,
+                             max_time=max_time, callback=callback, verbose=verbose)
+        data_loss = max(result.loss - penalty.value(algo.W, algo.Ht), 0.0)
+    info = result.as_dict()
+    info.update(data_loss=data_loss, reconstruction_err=float(np.sqrt(2.0 * data_loss)),
+                beta=beta, solver=solver_name, init=init, n_threads=n_threads)
+    return algo.W, np.ascontiguousarray(algo.Ht.T), info

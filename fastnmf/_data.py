@@ -1,0 +1,164 @@
+"""Data operators: the few products every algorithm needs, decided once per storage format.
+
+Solvers see ``X`` only through an operator. Factors are stored as ``W`` (m x r) and
+``Ht = H.T`` (n x r), both C-contiguous, so updating H is updating W on the transposed
+problem: each method takes ``side`` = "W" (products with X, result m x r) or "H" (products with
+X.T, result n x r), and ``F`` / ``G`` denote (W, Ht) or (Ht, W) respectively.
+
+- ``product(side, G, out)``:        X @ Ht   or  X.T @ W
+- ``beta_terms(side, F, G, beta, num, den)``: the MU numerator (A o (FG^T)^(beta-2)) G and
+  denominator (FG^T)^(beta-1) G, beta != 2
+- ``loss(W, Ht, beta)``:           D_beta(X | W Ht^T) in float64, never forming an m x n
+  product for sparse X (Gram identity for beta = 2, column sums for beta = 1).
+"""
+import numpy as np
+import scipy.sparse as sp
+
+from ._kernels import dense as kd
+from ._kernels import sparse as ks
+
+
+def wh_guard(dtype, beta):
+    """Smallest value WH may take inside the beta terms: keeps x * wh^(beta-2) finite.
+
+    sqrt(tiny) for beta >= 1 (so x / wh cannot overflow for x < 1/sqrt(tiny)), and
+    tiny^(1/(2(2-beta))) for beta < 1 (so wh^(beta-2) <= 1/sqrt(tiny)).
+    """
+    tiny = float(np.finfo(dtype).tiny)
+    power = 0.5 / max(1.0, 2.0 - float(beta))
+    return dtype.type(tiny**power)
+
+
+def _gram_frobenius(sq_norm_X, W, Ht, cross):
+    """0.5 ||X - W Ht^T||^2 from <W, X Ht> (``cross``) and the Gram matrices, in float64."""
+    W64 = W.astype(np.float64, copy=False)
+    H64 = Ht.astype(np.float64, copy=False)
+    quad = float(np.sum((W64.T @ W64) * (H64.T @ H64)))
+    return max(0.5 * (sq_norm_X - 2.0 * cross + quad), 0.0)
+
+
+class CsrOperator:
+    """X in CSR (sorted, duplicate-free indices) plus one CSR copy of X.T for W.T @ X."""
+
+    def __init__(self, X):
+        self.X = X
+        self.XT = X.T.tocsr()
+        self.XT.sort_indices()
+        self.shape = X.shape
+        self.dtype = X.dtype
+        self.nnz = X.nnz
+        self.entries_read = X.nnz       # entries one product reads (cost model for HALS)
+        data64 = X.data.astype(np.float64)
+        self.sq_norm = float(data64 @ data64)
+        self.total = float(data64.sum())
+        self._loss_rows = np.empty(max(self.shape), dtype=np.float64)
+
+    def _mat(self, side):
+        return self.X if side == "W" else self.XT
+
+    def product(self, side, G, out):
+        A = self._mat(side)
+        ks.csr_times_dense(A.indptr, A.indices, A.data, G, out)
+        return out
+
+    def beta_terms(self, side, F, G, beta, num, den):
+        A = self._mat(side)
+        eps = wh_guard(self.dtype, beta)
+        if beta == 1:
+            ks.csr_kl_numerator(A.indptr, A.indices, A.data, F, G, eps, num)
+            den[...] = G.sum(axis=0)
+        else:
+            T = self.dtype.type
+            ks.csr_beta_all_entries(A.indptr, A.indices, A.data, F, G, T(beta), eps,
+                                    num, den, self._loss_rows, True, False)
+
+    def loss(self, W, Ht, beta, cross=None):
+        """D_beta(X | W Ht^T). ``cross`` may pass <W, X Ht> when the caller has X Ht."""
+        X = self.X
+        m = self.shape[0]
+        rows = self._loss_rows[:m]
+        if beta == 2:
+            if cross is None:
+                P = self.product("W", Ht, np.empty_like(W))
+                cross = float(np.vdot(W.astype(np.float64), P.astype(np.float64)))
+            return _gram_frobenius(self.sq_norm, W, Ht, cross)
+        eps = wh_guard(self.dtype, beta)
+        if beta == 1:
+            ks.csr_kl_loss_rows(X.indptr, X.indices, X.data, W, Ht, eps, rows)
+            col_W = W.sum(axis=0, dtype=np.float64)
+            col_H = Ht.sum(axis=0, dtype=np.float64)
+            return max(float(rows.sum()) + float(col_W @ col_H), 0.0)
+        T = self.dtype.type
+        ks.csr_beta_all_entries(X.indptr, X.indices, X.data, W, Ht, T(beta), eps,
+                                W, W, rows, False, True)
+        return max(float(rows.sum()), 0.0)
+
+
+class DenseOperator:
+    """A C-contiguous dense X; BLAS for every product, Numba for the elementwise beta terms."""
+
+    def __init__(self, X):
+        self.X = X
+        self.shape = X.shape
+        self.dtype = X.dtype
+        self.nnz = int(np.count_nonzero(X))
+        self.entries_read = X.size
+        X64 = X.astype(np.float64, copy=False).ravel()
+        self.sq_norm = float(X64 @ X64)
+        self.total = float(X64.sum())
+        self._wh = None     # m x n model buffer, allocated on first use and reused
+        self._s = None      # m x n second buffer (general beta only)
+        self._loss_rows = np.empty(self.shape[0], dtype=np.float64)
+
+    def _model(self, W, Ht):
+        if self._wh is None:
+            self._wh = np.empty(self.shape, dtype=self.dtype)
+        np.matmul(W, Ht.T, out=self._wh)
+        return self._wh
+
+    def product(self, side, G, out):
+        if side == "W":
+            np.matmul(self.X, G, out=out)
+        else:
+            np.matmul(self.X.T, G, out=out)
+        return out
+
+    def beta_terms(self, side, F, G, beta, num, den):
+        W, Ht = (F, G) if side == "W" else (G, F)
+        R = self._model(W, Ht)
+        eps = wh_guard(self.dtype, beta)
+        if beta == 1:
+            kd.kl_ratio_inplace(self.X, R, eps)
+            den[...] = G.sum(axis=0)
+            S = None
+        else:
+            if self._s is None:
+                self._s = np.empty(self.shape, dtype=self.dtype)
+            S = self._s
+            kd.beta_ratio_inplace(self.X, R, S, self.dtype.type(beta), eps)
+        if side == "W":
+            np.matmul(R, G, out=num)
+            if S is not None:
+                np.matmul(S, G, out=den)
+        else:
+            np.matmul(R.T, G, out=num)
+            if S is not None:
+                np.matmul(S.T, G, out=den)
+
+    def loss(self, W, Ht, beta, cross=None):
+        if beta == 2:
+            if cross is None:
+                P = self.product("W", Ht, np.empty_like(W))
+                cross = float(np.vdot(W.astype(np.float64), P.astype(np.float64)))
+            return _gram_frobenius(self.sq_norm, W, Ht, cross)
+        WH = self._model(W, Ht)
+        kd.beta_loss_rows(self.X, WH, self.dtype.type(beta), wh_guard(self.dtype, beta),
+                          self._loss_rows)
+        return max(float(self._loss_rows.sum()), 0.0)
+
+
+def make_operator(X):
+    """Wrap a validated X (C-contiguous ndarray or canonical CSR) in its operator."""
+    if sp.issparse(X):
+        return CsrOperator(X)
+    return DenseOperator(X)

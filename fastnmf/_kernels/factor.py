@@ -1,0 +1,60 @@
+"""Factor updates given the products: the multiplicative step and the HALS sweep.
+
+Threading contract: ``prange`` over rows i of F; iteration i reads the shared (read-only)
+num/den/P/Q and writes only row i of F. A row of F depends on no other row, so there is no
+race and the result does not depend on the thread count.
+"""
+from numba import prange
+
+from .._jit import parallel_kernel
+
+
+@parallel_kernel
+def mu_apply(F, num, den, l1, l2, gamma, tiny):
+    """F <- F * (num / max(den + l1 + l2 F, tiny)) ** gamma   (in place)."""
+    m, r = F.shape
+    one = tiny - tiny + 1
+    for i in prange(m):
+        for k in range(r):
+            f = F[i, k]
+            d = den[i, k] + l1 + l2 * f
+            if d < tiny:
+                d = tiny
+            ratio = num[i, k] / d
+            if gamma != one:
+                ratio = ratio**gamma
+            F[i, k] = f * ratio
+
+
+@parallel_kernel
+def hals_sweeps(F, P, Q, l1, max_sweeps, delta_sq):
+    """Coordinate descent on the rows of F for  min 0.5 f Q f^T - (P_i - l1) . f,  f >= 0.
+
+    ``Q`` is G^T G with the L2 weight already on its diagonal, ``P`` = A G. Each row repeats
+    its sweep over the r coordinates (Gillis & Glineur 2012) until the squared change of a
+    sweep falls below ``delta_sq`` times that of its first sweep, at most ``max_sweeps``
+    times. Coordinates with Q_kk == 0 (an all-zero column of G) are left as they are.
+    """
+    m, r = F.shape
+    zero = l1 - l1
+    for i in prange(m):
+        first = zero
+        for t in range(max_sweeps):
+            change = zero
+            for k in range(r):
+                qkk = Q[k, k]
+                if qkk <= zero:
+                    continue
+                s = P[i, k] - l1
+                for q in range(r):
+                    s -= F[i, q] * Q[q, k]
+                old = F[i, k]
+                new = old + s / qkk
+                if new < zero:
+                    new = zero
+                F[i, k] = new
+                change += (new - old) * (new - old)
+            if t == 0:
+                first = change
+            elif change <= delta_sq * first:
+                break

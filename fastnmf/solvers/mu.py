@@ -1,0 +1,43 @@
+"""Multiplicative updates for the beta-divergence.
+
+Lee & Seung (2001) for beta = 2 and beta = 1; Fevotte & Idier (2011) for any beta, with the
+exponent gamma(beta) that makes every step non-increasing:
+    F <- F * ( num / (den + l1 + l2 F) ) ** gamma
+    num = (A o (F G^T)^(beta-2)) G,   den = (F G^T)^(beta-1) G
+with A = X (side W, F = W, G = H^T) or A = X^T (side H, F = H^T, G = W).
+For beta = 2: num = A G and den = F (G^T G); for beta = 1: den = 1^T G (column sums).
+"""
+import numpy as np
+
+from .._kernels.factor import mu_apply
+from .._validation import mu_exponent
+from ._base import Solver
+
+
+class MU(Solver):
+    name = "mu"
+
+    def __init__(self, op, W, Ht, beta, penalty, update_W=True, update_H=True):
+        super().__init__(op, W, Ht, beta, penalty, update_W, update_H)
+        T = self.dtype.type
+        self.gamma = T(mu_exponent(beta))
+        self.tiny = T(np.sqrt(np.finfo(self.dtype).tiny))
+        r = W.shape[1]
+        self._num = {"W": np.empty_like(W), "H": np.empty_like(Ht)}
+        self._den = {"W": np.empty_like(W), "H": np.empty_like(Ht)}
+        self._gram = np.empty((r, r), dtype=self.dtype)
+
+    def _update(self, side):
+        F, G = self.factors(side)
+        num, den = self._num[side], self._den[side]
+        if self.beta == 2:
+            self.op.product(side, G, num)
+            np.matmul(G.T, G, out=self._gram)
+            np.matmul(F, self._gram, out=den)
+        else:
+            self.op.beta_terms(side, F, G, self.beta, num, den)
+        T = self.dtype.type
+        mu_apply(F, num, den, T(self.penalty.l1[side]), T(self.penalty.l2[side]),
+                 self.gamma, self.tiny)
+        if self.beta == 2:
+            self._remember_cross(F, num)
