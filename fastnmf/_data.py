@@ -47,7 +47,6 @@ class CsrOperator:
         self.shape = X.shape
         self.dtype = X.dtype
         self.nnz = X.nnz
-        self.entries_read = X.nnz       # entries one product reads (cost model for HALS)
         data64 = X.data.astype(np.float64)
         self.sq_norm = float(data64 @ data64)
         self.total = float(data64.sum())
@@ -102,7 +101,6 @@ class DenseOperator:
         self.shape = X.shape
         self.dtype = X.dtype
         self.nnz = int(np.count_nonzero(X))
-        self.entries_read = X.size
         X64 = X.astype(np.float64, copy=False).ravel()
         self.sq_norm = float(X64 @ X64)
         self.total = float(X64.sum())

@@ -26,7 +26,7 @@ class HALS(Solver):
         self._P = {"W": np.empty_like(W), "H": np.empty_like(Ht)}
         self._Q = np.empty((r, r), dtype=self.dtype)
         m, n = op.shape
-        nnz = op.entries_read
+        nnz = op.nnz  # the same count for dense and CSR storage: same sweeps, same result
         self._sweeps = {}
         for side, rows, other in (("W", m, n), ("H", n, m)):
             rho = (nnz * r + other * r * r) / max(rows * r * r, 1)
