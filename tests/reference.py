@@ -78,6 +78,17 @@ def beta_denominator(F, G, beta, eps):
     return WH ** (beta - 1.0) @ f64(G)
 
 
+def kl_ratio(X, WH, eps):
+    """Elementwise x / max(wh, eps) for a given model WH, float64."""
+    return dense64(X) / np.maximum(f64(WH), eps)
+
+
+def beta_ratio(X, WH, beta, eps):
+    """Elementwise (x * max(wh, eps)^(beta-2), max(wh, eps)^(beta-1)) for a given WH."""
+    Y = np.maximum(f64(WH), eps)
+    return dense64(X) * Y ** (beta - 2.0), Y ** (beta - 1.0)
+
+
 # ------------------------------------------------------------------------------------------
 # the beta divergence
 
