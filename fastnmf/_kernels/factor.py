@@ -46,8 +46,8 @@ def hals_sweeps(F, P, Q, l1, max_sweeps, delta_sq):
                 if qkk <= zero:
                     continue
                 s = P[i, k] - l1
-                for q in range(r):
-                    s -= F[i, q] * Q[q, k]
+                for q in range(r):          # Q is symmetric: read row k, contiguous
+                    s -= F[i, q] * Q[k, q]
                 old = F[i, k]
                 new = old + s / qkk
                 if new < zero:

@@ -30,14 +30,19 @@ class Solver:
         self.penalty = penalty
         self.dtype = W.dtype
         self.sides = [s for s, on in (("W", update_W), ("H", update_H)) if on]
-        self._last_cross = None
+        self._cross_from = None
 
     def factors(self, side):
         """(F, G): the factor updated on ``side`` and the fixed one."""
         return (self.W, self.Ht) if side == "W" else (self.Ht, self.W)
 
     def data_loss(self):
-        return self.op.loss(self.W, self.Ht, self.beta, cross=self._last_cross)
+        cross = None
+        if self._cross_from is not None:
+            F, P = self._cross_from
+            cross = float(np.vdot(F.astype(np.float64, copy=False),
+                                  P.astype(np.float64, copy=False)))
+        return self.op.loss(self.W, self.Ht, self.beta, cross=cross)
 
     def objective(self):
         """Data loss plus penalties, float64, at the current factors."""
@@ -45,7 +50,7 @@ class Solver:
 
     def step(self, want_loss):
         """One iteration; returns the objective when ``want_loss``, else None."""
-        self._last_cross = None
+        self._cross_from = None
         for side in self.sides:
             self._update(side)
         if not want_loss:
@@ -53,6 +58,6 @@ class Solver:
         return self.objective()
 
     def _remember_cross(self, F, P):
-        """After F was updated with P = A G and G is unchanged, <F, P> = <W, X Ht>."""
-        self._last_cross = float(np.vdot(F.astype(np.float64, copy=False),
-                                          P.astype(np.float64, copy=False)))
+        """After F was updated with P = A G and G is unchanged, <F, P> = <W, X Ht>: the
+        Frobenius loss then needs no product with X. Evaluated only if a loss is wanted."""
+        self._cross_from = (F, P)
