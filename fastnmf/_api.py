@@ -1,9 +1,11 @@
 """The function form: ``nmf(X, n_components, ...) -> (W, H, info)``."""
 import numpy as np
+import scipy.sparse as sp
 
 from . import _driver
 from ._data import make_operator
 from ._init import initialize
+from ._memory import check_memory
 from ._threads import resolve_n_threads, thread_limit
 from ._validation import (INITS, check_factor, check_int, check_l1_ratio, check_n_components,
                           check_real, check_X, resolve_beta, resolve_solver)
@@ -32,6 +34,74 @@ def _constant_factor(X, shape, k, dtype):
     """The start used for a free factor when the other is given: sqrt(mean(X) / k)."""
     avg = np.sqrt(float(X.sum(dtype=np.float64)) / (X.shape[0] * X.shape[1]) / k)
     return np.full(shape, avg, dtype=dtype)
+
+
+class _Scaling:
+    """Fits X / c instead of X when X's magnitude is far from 1, so that no product or power
+    overflows or underflows. c is a power of 4, so dividing X by c and the factors by sqrt(c)
+    is exact in floating point. With W = sqrt(c) W', H = sqrt(c) H' the objective is
+    c^beta [D(X'|W'H') + l1 c^(1/2-beta) |W'|_1 + l2 c^(1-beta) |W'|^2 / 2 + ...]: an exact
+    change of variables, so the returned factors solve the caller's problem."""
+
+    SAFE = (1e-8, 1e8)
+
+    def __init__(self, X, beta):
+        top = float(X.data.max() if sp.issparse(X) else X.max())
+        self.root = 1.0
+        if not (self.SAFE[0] <= top <= self.SAFE[1]):
+            self.root = 2.0 ** int(np.round(np.log2(top) / 2))   # sqrt(c), a power of 2
+        self.c = self.root**2
+        self.beta = beta
+
+    @property
+    def active(self):
+        return self.root != 1.0
+
+    def data(self, X):
+        if not self.active:
+            return X
+        if sp.issparse(X):
+            X = X.copy()
+            X.data /= X.dtype.type(self.c)
+            return X
+        return X / X.dtype.type(self.c)
+
+    def penalty(self, p, dtype):
+        """The penalty weights of the scaled problem, capped at sqrt(max float) of the dtype
+        (an astronomically large weight acts as infinite: that factor is driven to 0)."""
+        if not self.active:
+            return p
+        cap = float(np.sqrt(np.finfo(dtype).max))
+        with np.errstate(over="ignore"):
+            f1 = np.float64(self.c) ** (0.5 - self.beta)
+            f2 = np.float64(self.c) ** (1.0 - self.beta)
+
+        def w(value, f):
+            return 0.0 if value == 0 else float(min(value * f, cap))
+
+        return Penalty(w(p.l1["W"], f1), w(p.l2["W"], f2), w(p.l1["H"], f1), w(p.l2["H"], f2))
+
+    def factor_in(self, A):
+        return A if (A is None or not self.active) else np.asarray(A) / self.root
+
+    def factor_out(self, A):
+        if self.active:
+            A *= A.dtype.type(self.root)
+        return A
+
+    def loss_out(self, value):
+        """The caller's loss; inf if it exceeds the float64 range (e.g. 0.5 ||X-WH||^2 of an X
+        near 1e300), while the factors stay finite."""
+        if not self.active:
+            return value
+        with np.errstate(over="ignore", under="ignore"):
+            return float(np.float64(value) * np.float64(self.c) ** self.beta)
+
+    def callback(self, callback):
+        if callback is None or not self.active:
+            return callback
+        return lambda it, W, H, loss: callback(it, W * self.root, H * self.root,
+                                               self.loss_out(loss))
 
 
 def nmf(X, n_components=None, *, init=None, solver="auto", beta_loss="frobenius", tol=1e-4,
@@ -104,6 +174,11 @@ def nmf(X, n_components=None, *, init=None, solver="auto", beta_loss="frobenius"
     if init not in INITS:
         raise ValueError(f"init={init!r} is not known; use one of {INITS}.")
     n_threads = resolve_n_threads(n_threads)
+    scaling = _Scaling(X, beta)
+    check_memory(X, k, beta, copies_X=scaling.active)
+    X = scaling.data(X)
+    W, H = scaling.factor_in(W), scaling.factor_in(H)
+    fit_penalty = scaling.penalty(penalty, dtype)
 
     with thread_limit(n_threads):
         if not update_W or not update_H:
@@ -118,11 +193,16 @@ def nmf(X, n_components=None, *, init=None, solver="auto", beta_loss="frobenius"
         else:
             W0, Ht0 = initialize(X, k, init, random_state, dtype)
         op = make_operator(X)
-        algo = SOLVER_CLASSES[solver_name](op, W0, Ht0, beta, penalty, update_W, update_H)
+        algo = SOLVER_CLASSES[solver_name](op, W0, Ht0, beta, fit_penalty, update_W, update_H)
         result = _driver.run(algo, max_iter=max_iter, tol=tol, eval_every=eval_every,
-                             max_time=max_time, callback=callback, verbose=verbose)
-        data_loss = max(result.loss - penalty.value(algo.W, algo.Ht), 0.0)
+                             max_time=max_time, callback=scaling.callback(callback),
+                             verbose=verbose)
+    W_out = scaling.factor_out(algo.W)
+    H_out = scaling.factor_out(np.ascontiguousarray(algo.Ht.T))
+    result.loss = scaling.loss_out(result.loss)
+    result.loss_history = [scaling.loss_out(v) for v in result.loss_history]
+    data_loss = max(result.loss - penalty.value(W_out, H_out), 0.0)
     info = result.as_dict()
     info.update(data_loss=data_loss, reconstruction_err=float(np.sqrt(2.0 * data_loss)),
                 beta=beta, solver=solver_name, init=init, n_threads=n_threads)
-    return algo.W, np.ascontiguousarray(algo.Ht.T), info
+    return W_out, H_out, info
