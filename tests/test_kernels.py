@@ -1,0 +1,810 @@
+"""Kernel-level correctness: every Numba kernel, every data-operator method and one step of
+each solver against the independent NumPy references in tests/reference.py.
+
+Axes: float32 / float64, dense / CSR, int32 / int64 CSR index arrays, 1 / 2 Numba threads,
+empty rows and columns, explicit stored zeros, factor rows below the WH guard, unsorted and
+duplicate CSR indices (through fastnmf._validation.check_X). Also: CSR results are bitwise
+identical for 1 and 2 threads, and float32 stays float32 end to end.
+"""
+import contextlib
+
+import numba
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+try:  # tests/ as a package or as a plain rootdir-inserted folder
+    from . import reference as ref
+except ImportError:
+    import reference as ref
+
+from fastnmf._data import CsrOperator, DenseOperator, make_operator
+from fastnmf._kernels import dense as kd
+from fastnmf._kernels import factor as kf
+from fastnmf._kernels import sparse as ks
+from fastnmf._validation import check_X
+from fastnmf.solvers import HALS, MU
+from fastnmf.solvers._base import Penalty
+
+M, N, R = 30, 20, 4
+EMPTY_ROWS = (0, 13, M - 1)          # first, middle and last row: every thread chunk sees one
+EMPTY_COLS = (0, 7, N - 1)
+
+DTYPES = [np.float32, np.float64]
+IDX_DTYPES = [np.int32, np.int64]
+THREADS = [1, 2]
+FORMATS = ["dense", "csr-int32", "csr-int64"]
+
+RTOL = {np.float32: 3e-5, np.float64: 1e-10}        # products, elementwise terms
+RTOL_LOSS = {np.float32: 1e-4, np.float64: 1e-9}    # float64 losses from float32/64 factors
+RTOL_STEP = {np.float32: 2e-4, np.float64: 1e-9}    # a whole solver iteration
+
+
+# ------------------------------------------------------------------------------------------
+# helpers
+
+@contextlib.contextmanager
+def numba_threads(k):
+    """Run the block with ``k`` Numba threads, restoring the previous count afterwards."""
+    if k > numba.config.NUMBA_NUM_THREADS:
+        pytest.skip(f"needs {k} Numba threads, NUMBA_NUM_THREADS="
+                    f"{numba.config.NUMBA_NUM_THREADS}")
+    old = numba.get_num_threads()
+    numba.set_num_threads(k)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(old)
+
+
+@pytest.fixture(params=THREADS, ids=lambda k: f"{k}thr")
+def threads(request):
+    """The whole test body runs with this many Numba threads."""
+    with numba_threads(request.param):
+        yield request.param
+
+
+def assert_close(actual, expected, rtol, what=""):
+    """|actual - expected| <= rtol * (largest |expected| of the same row); rows of the last
+    axis, so a row made huge by the WH guard does not hide errors in the others. A row whose
+    expected values are all (near) zero is held to rtol * (rtol x the largest |expected|)."""
+    actual = np.asarray(actual)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, (what, actual.shape, expected.shape)
+    a = actual.astype(np.float64)
+    assert np.isfinite(a).all(), f"{what}: non-finite values {a[~np.isfinite(a)][:5]}"
+    if expected.ndim >= 2:
+        scale = np.abs(expected).max(axis=-1, keepdims=True)
+        scale = np.maximum(scale, rtol * scale.max(initial=0.0))
+    else:
+        scale = np.abs(expected).max() if expected.size else 0.0
+    err = np.abs(a - expected)
+    bad = err > rtol * scale
+    if bad.any():
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        worst = float((err / np.where(scale > 0, scale, 1.0)).max())
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {bad.size} entries differ; first at {idx}: "
+            f"got {a[idx]!r}, expected {expected[idx]!r}; worst scaled error {worst:.3g} "
+            f"(rtol {rtol:g})")
+
+
+def assert_scalar_close(actual, expected, rtol, what=""):
+    assert isinstance(actual, float), f"{what}: returned {type(actual)}, not a Python float"
+    assert np.isfinite(actual), f"{what}: {actual}"
+    assert abs(actual - expected) <= rtol * abs(expected), (
+        f"{what}: got {actual!r}, expected {expected!r}, rel err "
+        f"{abs(actual - expected) / abs(expected):.3g} (rtol {rtol:g})")
+
+
+def make_X(dtype, positive=False, seed=0, m=M, n=N):
+    """Non-negative m x n data near a rank-R model. Unless ``positive``: ~60% zeros, empty
+    rows EMPTY_ROWS and empty columns EMPTY_COLS."""
+    rng = np.random.default_rng(seed)
+    X = rng.gamma(1.0, 1.0, (m, R)) @ rng.gamma(1.0, 1.0, (R, n))
+    X *= rng.uniform(0.5, 1.5, (m, n))
+    if not positive:
+        X[rng.random((m, n)) > 0.4] = 0.0
+        X[list(EMPTY_ROWS)] = 0.0
+        X[:, list(EMPTY_COLS)] = 0.0
+    return np.ascontiguousarray(X, dtype=dtype)
+
+
+def make_csr(X, idx_dtype, explicit_zeros=0):
+    """Canonical CSR of dense X with index arrays of ``idx_dtype``; with ``explicit_zeros``,
+    that many stored entries are set to 0 (stored zeros, still canonical)."""
+    A = sp.csr_matrix(X)
+    if explicit_zeros:
+        A.data[:: max(1, A.nnz // explicit_zeros)][:explicit_zeros] = 0
+    A.indices = A.indices.astype(idx_dtype)
+    A.indptr = A.indptr.astype(idx_dtype)
+    assert A.has_canonical_format
+    return A
+
+
+def csr_transpose(A, idx_dtype):
+    """CSR of A.T (sorted) with index arrays of ``idx_dtype``, built with SciPy."""
+    T = sp.csr_matrix(A.T)
+    T.sort_indices()
+    T.indices = T.indices.astype(idx_dtype)
+    T.indptr = T.indptr.astype(idx_dtype)
+    return T
+
+
+def make_factor(rows, dtype, seed, guard_rows=False):
+    """A rows x R factor with entries in [0.2, 1.2]; with ``guard_rows``, row 5 is zero and
+    row 6 is 1e-6 x its values, so F G^T falls below any guard used here."""
+    rng = np.random.default_rng(seed)
+    F = rng.uniform(0.2, 1.2, (rows, R))
+    if guard_rows:
+        F[5] = 0.0
+        F[6] *= 1e-6
+    return np.ascontiguousarray(F, dtype=dtype)
+
+
+def kernel_eps(dtype):
+    """The guard used in kernel-level tests: large enough that the guarded rows of
+    make_factor(..., guard_rows=True) really hit it."""
+    return np.dtype(dtype).type(1e-3)
+
+
+def check_X_for(X, fmt, beta):
+    """X (dense ndarray) in format ``fmt`` after check_X; returns the validated matrix."""
+    if fmt == "dense":
+        Xin = X
+    else:
+        Xin = make_csr(X, np.int32 if fmt == "csr-int32" else np.int64,
+                       explicit_zeros=0 if beta <= 0 else 2)
+    Xv = check_X(Xin, beta)
+    if fmt != "dense":
+        assert sp.issparse(Xv) and Xv.format == "csr"
+        want = np.int32 if fmt == "csr-int32" else np.int64
+        assert Xv.indices.dtype == want and Xv.indptr.dtype == want, (
+            "check_X changed the index dtype, so this case would not test it")
+    return Xin, Xv
+
+
+# ------------------------------------------------------------------------------------------
+# reference sanity: the references agree with closed forms (so a shared mistake is unlikely)
+
+def test_reference_beta_divergence_special_cases():
+    rng = np.random.default_rng(1)
+    X = rng.uniform(0.1, 2.0, (5, 4))
+    Y = rng.uniform(0.1, 2.0, (5, 4))
+    # the general formula tends to the named losses
+    for beta, near in ((2, 2.0 + 1e-7), (1, 1.0 + 1e-7), (0, 1e-7)):
+        assert np.isclose(ref.beta_divergence(X, Y, beta), ref.beta_divergence(X, Y, near),
+                          rtol=1e-5)
+    assert np.isclose(ref.beta_divergence(X, Y, 2), 0.5 * ((X - Y) ** 2).sum())
+    # 0 log 0 = 0 and x = 0 gives y^b / b for b > 0
+    X0 = X.copy()
+    X0[0, 0] = 0.0
+    assert np.isclose(ref.beta_divergence_entries(X0, Y, 1)[0, 0], Y[0, 0])
+    assert np.isclose(ref.beta_divergence_entries(X0, Y, 1.5)[0, 0], Y[0, 0] ** 1.5 / 1.5)
+    assert ref.beta_divergence(X, X, 0.5) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_reference_hals_sweep_solves_nnls():
+    """Many reference sweeps converge to the KKT point of the per-row NNLS."""
+    rng = np.random.default_rng(2)
+    G = rng.uniform(0.1, 1.0, (12, R))
+    Q = G.T @ G + 0.1 * np.eye(R)
+    P = rng.uniform(-1.0, 3.0, (6, R))
+    F = ref.hals_sweeps(np.ones((6, R)), P, Q, 0.2, 2000, 0.0)
+    grad = F @ Q - (P - 0.2)
+    assert (F >= 0).all()
+    assert np.allclose(grad[F > 0], 0.0, atol=1e-8)
+    assert (grad[F == 0] >= -1e-8).all()
+
+
+# ------------------------------------------------------------------------------------------
+# sparse kernels
+
+@pytest.mark.parametrize("idx_dtype", IDX_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_csr_times_dense(dtype, idx_dtype, threads):
+    X = make_X(dtype)
+    A = make_csr(X, idx_dtype, explicit_zeros=2)
+    AT = csr_transpose(A, idx_dtype)
+    W = make_factor(M, dtype, 10)
+    Ht = make_factor(N, dtype, 11)
+    for mat, B, what in ((A, Ht, "X @ Ht"), (AT, W, "X.T @ W")):
+        out = np.full((mat.shape[0], R), np.nan, dtype=dtype)   # must be overwritten
+        ks.csr_times_dense(mat.indptr, mat.indices, mat.data, B, out)
+        assert out.dtype == dtype
+        assert_close(out, ref.product(mat, B), RTOL[dtype], what)
+    # empty rows of X give exactly zero rows, empty columns exactly zero rows of X.T @ W
+    out = np.full((M, R), np.nan, dtype=dtype)
+    ks.csr_times_dense(A.indptr, A.indices, A.data, Ht, out)
+    assert (out[list(EMPTY_ROWS)] == 0).all()
+
+
+@pytest.mark.parametrize("idx_dtype", IDX_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_csr_kl_numerator(dtype, idx_dtype, threads):
+    X = make_X(dtype)
+    A = make_csr(X, idx_dtype, explicit_zeros=2)
+    AT = csr_transpose(A, idx_dtype)
+    W = make_factor(M, dtype, 10, guard_rows=True)
+    Ht = make_factor(N, dtype, 11, guard_rows=True)
+    eps = kernel_eps(dtype)
+    for mat, F, G, what in ((A, W, Ht, "side W"), (AT, Ht, W, "side H")):
+        out = np.full(F.shape, np.nan, dtype=dtype)
+        ks.csr_kl_numerator(mat.indptr, mat.indices, mat.data, F, G, eps, out)
+        assert_close(out, ref.kl_numerator(mat, F, G, float(eps)), RTOL[dtype], what)
+
+
+@pytest.mark.parametrize("idx_dtype", IDX_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_csr_kl_loss_rows(dtype, idx_dtype, threads):
+    """rows[i] = sum over stored j of x log(x / wh_g) - x, i.e. the row's KL divergence
+    minus sum_j wh_g (wh_g = max(wh, eps)), the part the caller adds from column sums."""
+    X = make_X(dtype)
+    A = make_csr(X, idx_dtype, explicit_zeros=2)
+    W = make_factor(M, dtype, 10, guard_rows=True)
+    Ht = make_factor(N, dtype, 11, guard_rows=True)
+    eps = kernel_eps(dtype)
+    rows = np.full(M, np.nan)
+    ks.csr_kl_loss_rows(A.indptr, A.indices, A.data, W, Ht, eps, rows)
+    Y = ref.guarded_model(W, Ht, float(eps))
+    expected = ref.beta_divergence_rows(A, Y, 1) - Y.sum(axis=1)
+    assert rows.dtype == np.float64
+    assert_close(rows, expected, RTOL_LOSS[dtype], "KL loss rows")
+    assert (rows[list(EMPTY_ROWS)] == 0).all()
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
+@pytest.mark.parametrize("idx_dtype", IDX_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_csr_beta_all_entries(dtype, idx_dtype, beta, threads):
+    T = np.dtype(dtype).type
+    X = make_X(dtype, positive=beta <= 0)
+    A = make_csr(X, idx_dtype, explicit_zeros=0 if beta <= 0 else 2)
+    AT = csr_transpose(A, idx_dtype)
+    W = make_factor(M, dtype, 10, guard_rows=True)
+    Ht = make_factor(N, dtype, 11, guard_rows=True)
+    eps = kernel_eps(dtype)
+    for mat, F, G, what in ((A, W, Ht, "side W"), (AT, Ht, W, "side H")):
+        rows_n = mat.shape[0]
+        sentinel = T(-7.0)
+        for want_terms, want_loss in ((True, False), (False, True), (True, True)):
+            num = np.full(F.shape, sentinel, dtype=dtype)
+            den = np.full(F.shape, sentinel, dtype=dtype)
+            loss_rows = np.full(rows_n, -7.0)
+            ks.csr_beta_all_entries(mat.indptr, mat.indices, mat.data, F, G, T(beta), eps,
+                                    num, den, loss_rows, want_terms, want_loss)
+            tag = f"{what} beta={beta} terms={want_terms} loss={want_loss}"
+            if want_terms:
+                assert_close(num, ref.beta_numerator(mat, F, G, beta, float(eps)),
+                             RTOL[dtype], "num " + tag)
+                assert_close(den, ref.beta_denominator(F, G, beta, float(eps)),
+                             RTOL[dtype], "den " + tag)
+            else:
+                assert (num == sentinel).all() and (den == sentinel).all(), tag
+            if want_loss:
+                Y = ref.guarded_model(F, G, float(eps))
+                assert_close(loss_rows, ref.beta_divergence_rows(mat, Y, beta),
+                             RTOL_LOSS[dtype], "loss rows " + tag)
+            else:
+                assert (loss_rows == -7.0).all(), tag
+
+
+# ------------------------------------------------------------------------------------------
+# dense elementwise kernels
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_kl_ratio_inplace(dtype, threads):
+    X = make_X(dtype)
+    W = make_factor(M, dtype, 10, guard_rows=True)
+    Ht = make_factor(N, dtype, 11, guard_rows=True)
+    WH = W @ Ht.T
+    expected = ref.kl_ratio(X, WH, float(kernel_eps(dtype)))
+    kd.kl_ratio_inplace(X, WH, kernel_eps(dtype))
+    assert WH.dtype == dtype
+    assert_close(WH, expected, RTOL[dtype], "x / max(wh, eps)")
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.5, 3.0])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_beta_ratio_inplace(dtype, beta, threads):
+    X = make_X(dtype, positive=beta <= 0)
+    W = make_factor(M, dtype, 10, guard_rows=True)
+    Ht = make_factor(N, dtype, 11, guard_rows=True)
+    WH = W @ Ht.T
+    S = np.full_like(WH, np.nan)
+    exp_ratio, exp_s = ref.beta_ratio(X, WH, beta, float(kernel_eps(dtype)))
+    kd.beta_ratio_inplace(X, WH, S, np.dtype(dtype).type(beta), kernel_eps(dtype))
+    assert_close(WH, exp_ratio, RTOL[dtype], f"x wh^(beta-2), beta={beta}")
+    assert_close(S, exp_s, RTOL[dtype], f"wh^(beta-1), beta={beta}")
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_beta_loss_rows(dtype, beta, threads):
+    X = make_X(dtype, positive=beta <= 0)
+    W = make_factor(M, dtype, 10, guard_rows=True)
+    Ht = make_factor(N, dtype, 11, guard_rows=True)
+    WH = W @ Ht.T
+    eps = kernel_eps(dtype)
+    expected = ref.beta_divergence_rows(X, np.maximum(WH.astype(np.float64), float(eps)), beta)
+    WH_before = WH.copy()
+    rows = np.full(M, np.nan)
+    kd.beta_loss_rows(X, WH, np.dtype(dtype).type(beta), eps, rows)
+    assert np.array_equal(WH, WH_before), "beta_loss_rows modified WH"
+    assert_close(rows, expected, RTOL_LOSS[dtype], f"loss rows beta={beta}")
+
+
+# ------------------------------------------------------------------------------------------
+# factor kernels
+
+@pytest.mark.parametrize("gamma", [1.0, 0.5, 0.4])
+@pytest.mark.parametrize("l1,l2", [(0.0, 0.0), (0.7, 0.0), (0.0, 1.3), (0.7, 1.3)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_mu_apply(dtype, l1, l2, gamma, threads):
+    T = np.dtype(dtype).type
+    rng = np.random.default_rng(3)
+    F = rng.uniform(0.1, 2.0, (M, R)).astype(dtype)
+    num = rng.uniform(0.0, 5.0, (M, R)).astype(dtype)
+    den = rng.uniform(0.5, 5.0, (M, R)).astype(dtype)
+    tiny = T(1e-6)
+    if l1 == 0 and l2 == 0:          # den below tiny: the floor decides
+        den[2, 1] = 0
+        num[2, 1] = T(3e-7)
+        den[4, :] = 0
+        num[4, :] = 0
+    F[7, 3] = 0                      # a zero stays zero
+    expected = ref.mu_factor_step(F, num, den, l1, l2, gamma, float(tiny))
+    kf.mu_apply(F, num, den, T(l1), T(l2), T(gamma), tiny)
+    assert F.dtype == dtype
+    assert_close(F, expected, RTOL[dtype], "mu_apply")
+    assert F[7, 3] == 0
+
+
+@pytest.mark.parametrize("max_sweeps,delta", [(1, 0.0), (3, 0.1), (50, 0.1), (50, 0.0)])
+@pytest.mark.parametrize("l1,l2", [(0.0, 0.0), (0.8, 0.0), (0.0, 2.0), (0.8, 2.0)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_hals_sweeps(dtype, l1, l2, max_sweeps, delta, threads):
+    T = np.dtype(dtype).type
+    X = make_X(dtype)
+    W = make_factor(M, dtype, 10)
+    Ht = make_factor(N, dtype, 11)
+    Ht[:, 2] = 0                     # an all-zero column of G: Q_kk = 0, W[:, 2] untouched
+    P = (X @ Ht).astype(dtype)
+    Q = (Ht.T @ Ht).astype(dtype)
+    Q.flat[:: R + 1] += T(l2)
+    Q[2, 2] = 0
+    expected = ref.hals_sweeps(W, P, Q, l1, max_sweeps, delta * delta)
+    col2 = W[:, 2].copy()
+    kf.hals_sweeps(W, P, Q, T(l1), max_sweeps, T(delta * delta))
+    assert W.dtype == dtype
+    assert np.array_equal(W[:, 2], col2), "a coordinate with Q_kk = 0 was changed"
+    assert (W >= 0).all()
+    rtol = RTOL[dtype] if max_sweeps == 1 else RTOL_STEP[dtype]
+    assert_close(W, expected, rtol, f"hals_sweeps sweeps={max_sweeps} delta={delta}")
+
+
+# ------------------------------------------------------------------------------------------
+# data operators
+
+def operator_case(fmt, dtype, beta, guard_rows=False):
+    X = make_X(dtype, positive=beta <= 0)
+    Xin, Xv = check_X_for(X, fmt, beta)
+    op = make_operator(Xv)
+    assert isinstance(op, DenseOperator if fmt == "dense" else CsrOperator)
+    W = make_factor(M, dtype, 10, guard_rows=guard_rows)
+    Ht = make_factor(N, dtype, 11, guard_rows=guard_rows)
+    return Xin, op, W, Ht
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_operator_product(fmt, dtype, threads):
+    Xin, op, W, Ht = operator_case(fmt, dtype, 2.0)
+    for side, G, rows, expected in (("W", Ht, M, ref.product(Xin, Ht)),
+                                    ("H", W, N, ref.product(ref.dense64(Xin).T, W))):
+        out = np.full((rows, R), np.nan, dtype=dtype)
+        res = op.product(side, G, out)
+        assert res is out and out.dtype == dtype
+        assert_close(out, expected, RTOL[dtype], f"product side {side}")
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.5, 1.5, 3.0, 0.0])
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_operator_beta_terms(fmt, dtype, beta, threads):
+    Xin, op, W, Ht = operator_case(fmt, dtype, beta, guard_rows=True)
+    eps = ref.wh_guard(dtype, beta)
+    A = ref.dense64(Xin)
+    # side W, then side H, then W again on the same operator (reused buffers)
+    for side in ("W", "H", "W"):
+        F, G, Aside = (W, Ht, A) if side == "W" else (Ht, W, A.T)
+        num = np.full(F.shape, np.nan, dtype=dtype)
+        den = np.full(F.shape, np.nan, dtype=dtype)
+        op.beta_terms(side, F, G, beta, num, den)
+        assert num.dtype == dtype and den.dtype == dtype
+        tag = f"side {side} beta={beta}"
+        assert_close(num, ref.beta_numerator(Aside, F, G, beta, eps), RTOL[dtype], "num " + tag)
+        assert_close(den, ref.beta_denominator(F, G, beta, eps), RTOL[dtype], "den " + tag)
+        if beta == 1:
+            assert_close(num, ref.kl_numerator(Aside, F, G, eps), RTOL[dtype], "KL num " + tag)
+
+
+@pytest.mark.parametrize("beta", [2.0, 1.0, 0.5, 1.5, 3.0, 0.0])
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_operator_loss(fmt, dtype, beta, threads):
+    Xin, op, W, Ht = operator_case(fmt, dtype, beta, guard_rows=beta != 2)
+    expected = ref.model_loss(Xin, W, Ht, beta, eps=ref.wh_guard(dtype, beta))
+    W0, Ht0 = W.copy(), Ht.copy()
+    assert_scalar_close(op.loss(W, Ht, beta), expected, RTOL_LOSS[dtype], f"loss beta={beta}")
+    assert np.array_equal(W, W0) and np.array_equal(Ht, Ht0), "loss modified the factors"
+    if beta == 2:   # with <W, X Ht> passed in by the caller
+        cross = float((ref.dense64(Xin) * (ref.f64(W) @ ref.f64(Ht).T)).sum())
+        assert_scalar_close(op.loss(W, Ht, beta, cross=cross), expected, RTOL_LOSS[dtype],
+                            "loss with cross")
+    # a second, different evaluation on the same operator (no stale buffers)
+    W2 = np.ascontiguousarray(W[::-1])
+    assert_scalar_close(op.loss(W2, Ht, beta),
+                        ref.model_loss(Xin, W2, Ht, beta, eps=ref.wh_guard(dtype, beta)),
+                        RTOL_LOSS[dtype], f"second loss beta={beta}")
+
+
+# ------------------------------------------------------------------------------------------
+# unsorted / duplicate CSR indices through check_X
+
+def unsorted_csr(X, idx_dtype, duplicates, seed=4):
+    """A CSR of X whose column indices are shuffled within every row; with ``duplicates``,
+    some entries are split into two stored parts at the same (i, j)."""
+    rng = np.random.default_rng(seed)
+    C = sp.csr_matrix(X)
+    data, indices = [], []
+    indptr = [0]
+    for i in range(C.shape[0]):
+        lo, hi = C.indptr[i], C.indptr[i + 1]
+        d = list(C.data[lo:hi])
+        j = list(C.indices[lo:hi])
+        if duplicates and len(d) >= 2:
+            d[0], d[1] = d[0] * 0.25, d[1] * 0.5
+            d += [C.data[lo] * 0.75, C.data[lo + 1] * 0.5]
+            j += [C.indices[lo], C.indices[lo + 1]]
+        perm = rng.permutation(len(d))
+        data += [d[p] for p in perm]
+        indices += [j[p] for p in perm]
+        indptr.append(len(data))
+    A = sp.csr_matrix((np.array(data, dtype=X.dtype), np.array(indices, dtype=idx_dtype),
+                       np.array(indptr, dtype=idx_dtype)), shape=X.shape)
+    A.indices = A.indices.astype(idx_dtype)     # the constructor may downcast
+    A.indptr = A.indptr.astype(idx_dtype)
+    return A
+
+
+def rows_sorted_unique(A):
+    return all((np.diff(A.indices[A.indptr[i]:A.indptr[i + 1]]) > 0).all()
+               for i in range(A.shape[0]))
+
+
+@pytest.mark.parametrize("duplicates", [False, True], ids=["unsorted", "unsorted+dup"])
+@pytest.mark.parametrize("idx_dtype", IDX_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_check_X_canonicalizes_unsorted_csr(dtype, idx_dtype, duplicates, threads):
+    X = make_X(dtype)
+    A = unsorted_csr(X, idx_dtype, duplicates)
+    assert not rows_sorted_unique(A)
+    saved = (A.data.copy(), A.indices.copy(), A.indptr.copy())
+    Xdense = ref.dense64(A)                            # SciPy's dense view (sums duplicates)
+    np.testing.assert_allclose(Xdense, X.astype(np.float64), rtol=1e-6)
+
+    Xv = check_X(A, 1.0)
+
+    # the caller's matrix is untouched, and no array of it is shared with a mutated copy
+    assert np.array_equal(A.data, saved[0]) and A.data.dtype == saved[0].dtype
+    assert np.array_equal(A.indices, saved[1]) and A.indices.dtype == saved[1].dtype
+    assert np.array_equal(A.indptr, saved[2]) and A.indptr.dtype == saved[2].dtype
+    assert not rows_sorted_unique(A)
+    # the result is canonical, same values, same float dtype
+    assert sp.issparse(Xv) and Xv.format == "csr"
+    assert Xv.dtype == dtype
+    assert rows_sorted_unique(Xv)
+    assert Xv.indptr.dtype == Xv.indices.dtype
+    np.testing.assert_allclose(Xv.toarray(), Xdense, rtol=RTOL[dtype])
+
+    # and the kernels / operator on it match the reference of the caller's matrix
+    W = make_factor(M, dtype, 10)
+    Ht = make_factor(N, dtype, 11)
+    op = make_operator(Xv)
+    out = np.empty((M, R), dtype=dtype)
+    assert_close(op.product("W", Ht, out), ref.product(Xdense, Ht), RTOL[dtype], "product W")
+    out = np.empty((N, R), dtype=dtype)
+    assert_close(op.product("H", W, out), ref.product(Xdense.T, W), RTOL[dtype], "product H")
+    for beta in (1.0, 1.5):
+        eps = ref.wh_guard(dtype, beta)
+        num = np.empty((M, R), dtype=dtype)
+        den = np.empty((M, R), dtype=dtype)
+        op.beta_terms("W", W, Ht, beta, num, den)
+        assert_close(num, ref.beta_numerator(Xdense, W, Ht, beta, eps), RTOL[dtype], "num")
+        assert_close(den, ref.beta_denominator(W, Ht, beta, eps), RTOL[dtype], "den")
+    for beta in (2.0, 1.0, 0.5):
+        assert_scalar_close(op.loss(W, Ht, beta),
+                            ref.model_loss(Xdense, W, Ht, beta, eps=ref.wh_guard(dtype, beta)),
+                            RTOL_LOSS[dtype], f"loss beta={beta}")
+
+
+# ------------------------------------------------------------------------------------------
+# solvers: one step against the reference iteration
+
+PENALTIES = {
+    "none": dict(),
+    "l1": dict(l1_W=2.0, l1_H=1.0),
+    "l2": dict(l2_W=1.5, l2_H=3.0),
+    "l1l2": dict(l1_W=2.0, l2_W=1.5, l1_H=1.0, l2_H=3.0),
+}
+
+
+def nonzeros(X):
+    """Number of nonzero values of X (stored zeros of a CSR matrix do not count): the
+    ``entries`` of HALS's sweep-count rule, the same for every storage of the same X."""
+    return int(np.count_nonzero(ref.dense64(X)))
+
+
+def solver_case(fmt, dtype, beta):
+    X = make_X(dtype, positive=beta <= 0)
+    Xin, Xv = check_X_for(X, fmt, beta)
+    W = make_factor(M, dtype, 20)
+    Ht = make_factor(N, dtype, 21)
+    return Xin, Xv, W, Ht
+
+
+@pytest.mark.parametrize("pen", list(PENALTIES))
+@pytest.mark.parametrize("beta", [2.0, 1.0, 0.5, 1.5, 3.0, 0.0])
+@pytest.mark.parametrize("fmt", ["dense", "csr-int32"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_mu_step(dtype, fmt, beta, pen, threads):
+    Xin, Xv, W, Ht = solver_case(fmt, dtype, beta)
+    kw = PENALTIES[pen]
+    W_ref, Ht_ref = ref.mu_iteration(Xin, W, Ht, beta, eps=ref.wh_guard(dtype, beta),
+                                     tiny=np.sqrt(np.finfo(dtype).tiny), **kw)
+    solver = MU(make_operator(Xv), W.copy(), Ht.copy(), beta, Penalty(**kw))
+    W_id, Ht_id = id(solver.W), id(solver.Ht)
+    obj = solver.step(True)
+    assert id(solver.W) == W_id and id(solver.Ht) == Ht_id, "factors not updated in place"
+    assert solver.W.dtype == dtype and solver.Ht.dtype == dtype
+    tag = f"MU beta={beta} {pen}"
+    assert_close(solver.W, W_ref, RTOL_STEP[dtype], "W " + tag)
+    assert_close(solver.Ht, Ht_ref, RTOL_STEP[dtype], "Ht " + tag)
+    expected_obj = (ref.model_loss(Xin, solver.W, solver.Ht, beta)
+                    + ref.penalty(solver.W, kw.get("l1_W", 0), kw.get("l2_W", 0))
+                    + ref.penalty(solver.Ht, kw.get("l1_H", 0), kw.get("l2_H", 0)))
+    assert_scalar_close(obj, expected_obj, RTOL_LOSS[dtype], "objective " + tag)
+    assert solver.step(False) is None
+
+
+@pytest.mark.parametrize("pen", list(PENALTIES))
+@pytest.mark.parametrize("fmt", ["dense", "csr-int32", "csr-int64"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_hals_step(dtype, fmt, pen, threads):
+    Xin, Xv, W, Ht = solver_case(fmt, dtype, 2.0)
+    kw = PENALTIES[pen]
+    entries = nonzeros(Xin)
+    sweeps_W = ref.hals_sweep_count(entries, M, N, R)
+    sweeps_H = ref.hals_sweep_count(entries, N, M, R)
+    assert sweeps_W > 1 and sweeps_H > 1, "the case should exercise repeated sweeps"
+    W_ref, Ht_ref = ref.hals_iteration(Xin, W, Ht, sweeps_W=sweeps_W, sweeps_H=sweeps_H,
+                                       delta_sq=0.1 ** 2, **kw)
+    solver = HALS(make_operator(Xv), W.copy(), Ht.copy(), 2.0, Penalty(**kw))
+    obj = solver.step(True)
+    assert solver.W.dtype == dtype and solver.Ht.dtype == dtype
+    tag = f"HALS {pen}"
+    assert_close(solver.W, W_ref, RTOL_STEP[dtype], "W " + tag)
+    assert_close(solver.Ht, Ht_ref, RTOL_STEP[dtype], "Ht " + tag)
+    expected_obj = (ref.model_loss(Xin, solver.W, solver.Ht, 2.0)
+                    + ref.penalty(solver.W, kw.get("l1_W", 0), kw.get("l2_W", 0))
+                    + ref.penalty(solver.Ht, kw.get("l1_H", 0), kw.get("l2_H", 0)))
+    assert_scalar_close(obj, expected_obj, RTOL_LOSS[dtype], "objective " + tag)
+
+
+def _boundary_problem():
+    """30 x 20 X with 199 nonzeros: HALS's sweep count for H is floor(1 + 0.5 rho) with
+    rho = (199*4 + 30*16) / (20*16) = 3.99 -> 2 sweeps; counting 201 entries (two stored
+    zeros) would give rho = 4.01 -> 3 sweeps. Returns (X, CSR of X with 2 stored zeros)."""
+    rng = np.random.default_rng(7)
+    X = np.zeros((M, N))
+    X.flat[rng.choice(M * N, 199, replace=False)] = rng.uniform(1.0, 3.0, 199)
+    coo = sp.coo_matrix(X)
+    zeros = np.argwhere(X == 0)[:2]
+    A = sp.csr_matrix((np.r_[coo.data, 0.0, 0.0],
+                       (np.r_[coo.row, zeros[:, 0]], np.r_[coo.col, zeros[:, 1]])),
+                      shape=X.shape)
+    assert A.nnz == 201 and np.array_equal(A.toarray(), X)
+    return X, A
+
+
+@pytest.mark.parametrize("fmt", [
+    "dense",
+    pytest.param("csr-stored-zeros", marks=pytest.mark.xfail(strict=True, reason=(
+        "BUG: CsrOperator.nnz counts stored zeros (X.nnz) while DenseOperator.nnz counts "
+        "nonzeros, so HALS picks a different sweep count for the same X"))),
+])
+def test_hals_stored_zeros_do_not_change_the_step(fmt):
+    """The same X stored densely or as CSR with explicit zeros takes the same HALS step."""
+    X, A = _boundary_problem()
+    W = make_factor(M, np.float64, 20)
+    Ht = make_factor(N, np.float64, 21)
+    entries = nonzeros(X)
+    W_ref, Ht_ref = ref.hals_iteration(X, W, Ht, sweeps_W=ref.hals_sweep_count(entries, M, N, R),
+                                       sweeps_H=ref.hals_sweep_count(entries, N, M, R),
+                                       delta_sq=0.1 ** 2)
+    Xv = check_X(X if fmt == "dense" else A, 2.0)
+    s = HALS(make_operator(Xv), W.copy(), Ht.copy(), 2.0, Penalty())
+    s.step(False)
+    assert_close(s.W, W_ref, RTOL_STEP[np.float64], "W")
+    assert_close(s.Ht, Ht_ref, RTOL_STEP[np.float64], "Ht")
+
+
+@pytest.mark.parametrize("solver_cls,beta", [(MU, 1.0), (MU, 2.0), (HALS, 2.0)])
+@pytest.mark.parametrize("fmt", ["dense", "csr-int32"])
+def test_solver_single_side(solver_cls, beta, fmt):
+    """update_W=False / update_H=False: the frozen factor is bit-for-bit unchanged, the other
+    one matches the reference half-iteration."""
+    dtype = np.float64
+    Xin, Xv, W, Ht = solver_case(fmt, dtype, beta)
+    eps, tiny = ref.wh_guard(dtype, beta), np.sqrt(np.finfo(dtype).tiny)
+    # only H: reference iteration from the same W (W is not updated, so H sees the old W)
+    s = solver_cls(make_operator(Xv), W.copy(), Ht.copy(), beta, Penalty(), update_W=False)
+    s.step(False)
+    assert np.array_equal(s.W, W)
+    A = ref.dense64(Xin)
+    if solver_cls is MU:
+        num, den = ref.mu_side_terms(A.T, Ht, W, beta, eps)
+        Ht_ref = ref.mu_factor_step(Ht, num, den, 0, 0, ref.mu_exponent(beta), tiny)
+    else:
+        entries = nonzeros(Xin)
+        Ht_ref = ref.hals_sweeps(Ht, A.T @ ref.f64(W), ref.f64(W).T @ ref.f64(W), 0.0,
+                                 ref.hals_sweep_count(entries, N, M, R), 0.01)
+    assert_close(s.Ht, Ht_ref, RTOL_STEP[dtype], "H only")
+    # only W
+    s = solver_cls(make_operator(Xv), W.copy(), Ht.copy(), beta, Penalty(), update_H=False)
+    s.step(False)
+    assert np.array_equal(s.Ht, Ht)
+    if solver_cls is MU:
+        num, den = ref.mu_side_terms(A, W, Ht, beta, eps)
+        W_ref = ref.mu_factor_step(W, num, den, 0, 0, ref.mu_exponent(beta), tiny)
+    else:
+        entries = nonzeros(Xin)
+        W_ref = ref.hals_sweeps(W, A @ ref.f64(Ht), ref.f64(Ht).T @ ref.f64(Ht), 0.0,
+                                ref.hals_sweep_count(entries, M, N, R), 0.01)
+    assert_close(s.W, W_ref, RTOL_STEP[dtype], "W only")
+
+
+# ------------------------------------------------------------------------------------------
+# thread-count independence (bitwise) on CSR
+
+def _run_csr_everything(dtype, idx_dtype):
+    """Every CSR kernel, operator method and solver step once; returns all outputs."""
+    T = np.dtype(dtype).type
+    results = []
+    X = make_X(dtype)
+    A = make_csr(X, idx_dtype, explicit_zeros=2)
+    AT = csr_transpose(A, idx_dtype)
+    W = make_factor(M, dtype, 10, guard_rows=True)
+    Ht = make_factor(N, dtype, 11, guard_rows=True)
+    eps = kernel_eps(dtype)
+    for mat, F, G in ((A, W, Ht), (AT, Ht, W)):
+        out = np.empty_like(F)
+        ks.csr_times_dense(mat.indptr, mat.indices, mat.data, G, out)
+        results.append(out)
+        out = np.empty_like(F)
+        ks.csr_kl_numerator(mat.indptr, mat.indices, mat.data, F, G, eps, out)
+        results.append(out)
+        rows = np.empty(mat.shape[0])
+        ks.csr_kl_loss_rows(mat.indptr, mat.indices, mat.data, F, G, eps, rows)
+        results.append(rows)
+        for beta in (0.5, 1.5, 3.0):
+            num, den, rows = np.empty_like(F), np.empty_like(F), np.empty(mat.shape[0])
+            ks.csr_beta_all_entries(mat.indptr, mat.indices, mat.data, F, G, T(beta), eps,
+                                    num, den, rows, True, True)
+            results += [num, den, rows]
+    # factor kernels (row-parallel too)
+    F = W.copy()
+    kf.mu_apply(F, results[0], results[1], T(0.3), T(0.2), T(0.5), T(1e-6))
+    results.append(F)
+    F = W.copy()
+    Q = Ht.T @ Ht
+    kf.hals_sweeps(F, results[0], Q, T(0.1), 5, T(0.01))
+    results.append(F)
+    # operator methods and solver steps
+    op = make_operator(check_X(A, 1.0))
+    for side, F, G in (("W", W, Ht), ("H", Ht, W)):
+        results.append(op.product(side, G, np.empty_like(F)))
+        for beta in (1.0, 0.5, 1.5, 3.0):
+            num, den = np.empty_like(F), np.empty_like(F)
+            op.beta_terms(side, F, G, beta, num, den)
+            results += [num, den]
+    for beta in (2.0, 1.0, 0.5, 1.5, 3.0):
+        results.append(np.array(op.loss(W, Ht, beta)))
+    Wp, Htp = make_factor(M, dtype, 20), make_factor(N, dtype, 21)
+    for cls, beta in ((MU, 1.0), (MU, 1.5), (MU, 2.0), (HALS, 2.0)):
+        s = cls(op, Wp.copy(), Htp.copy(), beta, Penalty(l1_W=0.5, l2_H=0.5))
+        for _ in range(3):
+            obj = s.step(True)
+        results += [s.W, s.Ht, np.array(obj)]
+    return results
+
+
+@pytest.mark.parametrize("idx_dtype", IDX_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_csr_bitwise_identical_across_threads(dtype, idx_dtype):
+    with numba_threads(1):
+        one = _run_csr_everything(dtype, idx_dtype)
+    with numba_threads(2):
+        two = _run_csr_everything(dtype, idx_dtype)
+    assert len(one) == len(two)
+    for k, (a, b) in enumerate(zip(one, two)):
+        assert a.dtype == b.dtype
+        assert np.array_equal(a, b), f"output #{k} differs between 1 and 2 threads"
+        assert a.tobytes() == b.tobytes(), f"output #{k} differs bitwise (e.g. -0.0 vs 0.0)"
+
+
+def test_thread_count_restored():
+    before = numba.get_num_threads()
+    with numba_threads(1):
+        assert numba.get_num_threads() == 1
+    assert numba.get_num_threads() == before
+
+
+# ------------------------------------------------------------------------------------------
+# float32 stays float32
+
+KERNELS = {
+    "csr_times_dense": ks.csr_times_dense,
+    "csr_kl_numerator": ks.csr_kl_numerator,
+    "csr_kl_loss_rows": ks.csr_kl_loss_rows,
+    "csr_beta_all_entries": ks.csr_beta_all_entries,
+    "kl_ratio_inplace": kd.kl_ratio_inplace,
+    "beta_ratio_inplace": kd.beta_ratio_inplace,
+    "beta_loss_rows": kd.beta_loss_rows,
+    "mu_apply": kf.mu_apply,
+    "hals_sweeps": kf.hals_sweeps,
+}
+
+
+def _widening_signatures():
+    """Compiled signatures in which float32 arrays meet a float64 scalar (which would make
+    the kernel compute in float64 and round back: silent widening)."""
+    bad = []
+    for name, kern in KERNELS.items():
+        for sig in kern.signatures:
+            arrays = [t for t in sig if isinstance(t, numba.types.Array)]
+            has_f32 = any(t.dtype == numba.types.float32 for t in arrays)
+            f64_scalars = [t for t in sig if t == numba.types.float64]
+            if has_f32 and f64_scalars:
+                bad.append(f"{name}{tuple(str(t) for t in sig)}")
+    return bad
+
+
+@pytest.mark.parametrize("fmt", ["dense", "csr-int32"])
+def test_float32_stays_float32(fmt):
+    dtype = np.float32
+    for beta in (2.0, 1.0, 0.5, 1.5, 3.0):
+        Xin, Xv, W, Ht = solver_case(fmt, dtype, beta)
+        if sp.issparse(Xv):
+            assert Xv.dtype == np.float32
+        else:
+            assert Xv.dtype == np.float32 and Xv.flags.c_contiguous
+        op = make_operator(Xv)
+        assert op.dtype == np.float32
+        for side, F, G in (("W", W, Ht), ("H", Ht, W)):
+            out = op.product(side, G, np.empty_like(F))
+            assert out.dtype == np.float32
+            if beta != 2:
+                num, den = np.empty_like(F), np.empty_like(F)
+                op.beta_terms(side, F, G, beta, num, den)
+                assert num.dtype == np.float32 and den.dtype == np.float32
+        loss = op.loss(W, Ht, beta)
+        assert isinstance(loss, float) and np.isfinite(loss)
+        cls = HALS if beta == 2 else MU
+        for kw in ({}, PENALTIES["l1l2"]):
+            s = cls(op, W.copy(), Ht.copy(), beta, Penalty(**kw))
+            s.step(True)
+            assert s.W.dtype == np.float32 and s.Ht.dtype == np.float32
+    bad = _widening_signatures()
+    assert not bad, "float32 kernels called with float64 scalars: " + "; ".join(bad)
