@@ -46,7 +46,7 @@ class CsrOperator:
         self.XT.sort_indices()
         self.shape = X.shape
         self.dtype = X.dtype
-        self.nnz = X.nnz
+        self.nnz = int(np.count_nonzero(X.data))  # stored zeros do not count: as dense
         data64 = X.data.astype(np.float64)
         self.sq_norm = float(data64 @ data64)
         self.total = float(data64.sum())

@@ -618,12 +618,7 @@ def _boundary_problem():
     return X, A
 
 
-@pytest.mark.parametrize("fmt", [
-    "dense",
-    pytest.param("csr-stored-zeros", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: CsrOperator.nnz counts stored zeros (X.nnz) while DenseOperator.nnz counts "
-        "nonzeros, so HALS picks a different sweep count for the same X"))),
-])
+@pytest.mark.parametrize("fmt", ["dense", "csr-stored-zeros"])
 def test_hals_stored_zeros_do_not_change_the_step(fmt):
     """The same X stored densely or as CSR with explicit zeros takes the same HALS step."""
     X, A = _boundary_problem()

@@ -1,0 +1,246 @@
+"""Robustness: property-based fuzzing of inputs and parameters, crash isolation for malformed
+sparse structure, interruption, memory, extreme scales, degenerate shapes."""
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import fastnmf
+from conftest import random_problem
+
+settings.register_profile("fast", max_examples=60, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=1500, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("FASTNMF_HYPOTHESIS_PROFILE", "fast"))
+
+BETAS = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, -0.5, 2.5]
+
+
+@st.composite
+def problems(draw):
+    m = draw(st.integers(1, 12))
+    n = draw(st.integers(1, 12))
+    density = draw(st.sampled_from([0.0, 0.2, 0.6, 1.0]))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    scale = draw(st.sampled_from([1e-300, 1e-30, 1e-5, 1.0, 1e6, 1e30, 1e300]))
+    X = rng.gamma(0.7, 1.0, (m, n)) * (rng.random((m, n)) < density) * scale
+    dtype = draw(st.sampled_from(["float64", "float32", "int64", "bool"]))
+    if dtype == "float32":
+        with np.errstate(over="ignore", under="ignore"):
+            X = X.astype(np.float32)
+    elif dtype == "int64":
+        X = np.round(X / scale * 3).astype(np.int64)
+    elif dtype == "bool":
+        X = X > 0
+    fmt = draw(st.sampled_from(["dense", "csr", "coo", "csc", "fortran"]))
+    if fmt == "fortran":
+        X = np.asfortranarray(X)
+    elif fmt != "dense":
+        X = sp.csr_matrix(X).asformat(fmt)
+    return X
+
+
+@given(X=problems(), k=st.integers(1, 4), beta=st.sampled_from(BETAS),
+       solver=st.sampled_from(["auto", "mu", "hals"]),
+       alpha=st.sampled_from([0.0, 0.01]), seed=st.integers(0, 100))
+def test_fuzz_fit_is_an_error_or_a_sound_result(X, k, beta, solver, alpha, seed):
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            W, H, info = fastnmf.nmf(X, k, beta_loss=beta, solver=solver, alpha_W=alpha,
+                                     init="random", random_state=seed, max_iter=15, tol=0,
+                                     eval_every=1)
+    except (ValueError, TypeError) as exc:
+        msg = str(exc)
+        # a documented refusal names what is wrong
+        assert any(word in msg for word in ("X", "beta_loss", "solver", "n_components")), msg
+        return
+    m, n = X.shape
+    assert W.shape == (m, k) and H.shape == (k, n)
+    assert np.isfinite(W).all() and np.isfinite(H).all()
+    assert (W >= 0).all() and (H >= 0).all()
+    h = np.asarray(info["loss_history"])
+    assert not np.isnan(h).any()
+    finite = h[np.isfinite(h)]
+    if finite.size == h.size and (solver != "hals" or beta == 2):
+        gamma_exact = alpha == 0 or beta in (1.0, 2.0)
+        if gamma_exact:
+            # rounding of the loss scales with the data term, i.e. with the initial loss
+            assert np.all(np.diff(h) <= 1e-7 * h[0] + 1e-300), np.diff(h).max()
+
+
+@given(k=st.one_of(st.integers(-3, 0), st.floats(0.5, 3.5), st.just(None),
+                   st.text(max_size=2)),
+       tol=st.one_of(st.floats(-1, -1e-9), st.just(float("nan")), st.just(float("inf"))),
+       max_iter=st.one_of(st.integers(-5, 0), st.floats(1.5, 3.5)),
+       which=st.sampled_from(["k", "tol", "max_iter"]))
+def test_fuzz_bad_parameters_name_themselves(k, tol, max_iter, which):
+    X = random_problem(m=10, n=8, seed=0)
+    kwargs = {"k": dict(n_components=k), "tol": dict(n_components=2, tol=tol),
+              "max_iter": dict(n_components=2, max_iter=max_iter)}[which]
+    if which == "k" and k is None:
+        return  # None is allowed (all columns)
+    name = {"k": "n_components", "tol": "tol", "max_iter": "max_iter"}[which]
+    with pytest.raises(ValueError, match=name):
+        fastnmf.nmf(X, **kwargs)
+
+
+_CRASH_SCRIPT = textwrap.dedent("""
+    import sys, numpy as np, scipy.sparse as sp, fastnmf, warnings
+    warnings.simplefilter("ignore")
+    rng = np.random.default_rng(int(sys.argv[1]))
+    n_ok = n_err = 0
+    for case in range(int(sys.argv[2])):
+        m, n = rng.integers(1, 9, size=2)
+        A = sp.random(m, n, density=0.5, format="csr", random_state=rng) 
+        data, indices, indptr = A.data.copy(), A.indices.copy(), A.indptr.copy()
+        kind = case % 7
+        if kind == 0 and indices.size:
+            indices[rng.integers(indices.size)] = rng.choice([-1, n, n + 5, 2**31 - 1])
+        elif kind == 1 and indptr.size > 2:
+            indptr[1] = indptr[-1] + 3
+        elif kind == 2:
+            indptr = indptr[:-1]
+        elif kind == 3 and data.size:
+            data = data[:-1]
+        elif kind == 4:
+            indices = indices.astype(np.int64)
+        elif kind == 5 and indptr.size > 2:
+            indptr[-1] = indptr[-1] - 1
+        elif kind == 6 and data.size:
+            data[rng.integers(data.size)] = rng.choice([np.nan, -1.0, np.inf])
+        try:
+            B = sp.csr_matrix((m, n))
+            B.data, B.indices, B.indptr = data, indices, indptr
+            fastnmf.nmf(B, 1, beta_loss=[2, 1, 1.5][case % 3], max_iter=3, tol=0)
+            n_ok += 1
+        except (ValueError, TypeError, IndexError) as exc:
+            n_err += 1
+    print(n_ok, n_err)
+""")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_malformed_sparse_never_crashes_the_process(seed, tmp_path):
+    script = tmp_path / "crash.py"
+    script.write_text(_CRASH_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(seed), "70"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, (proc.returncode, proc.stderr[-2000:])
+    n_ok, n_err = map(int, proc.stdout.split())
+    assert n_ok + n_err == 70 and n_err > 0
+
+
+def test_keyboard_interrupt_keeps_last_complete_iterate():
+    X = random_problem(seed=1)
+    seen = {}
+
+    def cb(it, W, H, loss):
+        if it == 4:
+            seen["W"], seen["H"] = W.copy(), H.copy()
+            raise KeyboardInterrupt
+
+    est = fastnmf.NMF(4, beta_loss="kl", tol=0, max_iter=50, eval_every=2, callback=cb)
+    with pytest.warns(RuntimeWarning, match="interrupted after 4 complete iterations"):
+        W = est.fit_transform(X)
+    assert est.n_iter_ == 4 and est.fit_info_["stop_reason"] == "interrupted"
+    assert np.array_equal(W, seen["W"]) and np.array_equal(est.components_, seen["H"])
+    assert np.isfinite(est.loss_history_).all()
+
+
+def test_memory_estimate_refuses_up_front(monkeypatch):
+    import fastnmf._memory as mem
+    monkeypatch.setattr(mem, "available_bytes", lambda: 1000)
+    with pytest.raises(MemoryError, match="needs about .* GiB beyond X"):
+        fastnmf.nmf(random_problem(seed=2), 3, beta_loss=1.5)
+    monkeypatch.setattr(mem, "available_bytes", lambda: 10**12)
+    fastnmf.nmf(random_problem(seed=2), 3, max_iter=2, tol=0)
+
+
+@pytest.mark.parametrize("shape,k", [((1, 7), 1), ((9, 1), 1), ((1, 1), 1), ((5, 4), 1),
+                                     ((6, 5), 5)])
+@pytest.mark.parametrize("beta", [2.0, 1.0, 0.5])
+def test_degenerate_shapes_and_ranks(shape, k, beta):
+    rng = np.random.default_rng(0)
+    X = rng.random(shape) + 0.1
+    for fmt in (X, sp.csr_matrix(X)):
+        W, H, info = fastnmf.nmf(fmt, k, beta_loss=beta, max_iter=30, tol=0)
+        assert W.shape == (shape[0], k) and H.shape == (k, shape[1])
+        assert np.isfinite(W).all() and np.isfinite(H).all() and np.isfinite(info["loss"])
+
+
+@pytest.mark.parametrize("beta", [2.0, 1.0, 1.5])
+@pytest.mark.parametrize("fmt", ["dense", "csr"])
+def test_zero_rows_get_zero_rows_of_W(beta, fmt):
+    X = random_problem(seed=3)  # row 0 and column 1 are empty
+    Xf = sp.csr_matrix(X) if fmt == "csr" else X
+    W, H, _ = fastnmf.nmf(Xf, 4, beta_loss=beta, max_iter=50, tol=0, init="random",
+                          random_state=0)
+    assert np.isfinite(W).all() and np.isfinite(H).all()
+    assert np.abs(W[0]).max() <= 1e-12 * np.abs(W).max()
+    assert np.abs(H[:, 1]).max() <= 1e-12 * np.abs(H).max()
+
+
+@pytest.mark.parametrize("scale", [1e300, 1e-300, 1e-30, 1e30])
+@pytest.mark.parametrize("beta", [2.0, 1.0, 1.5, 3.0])
+@pytest.mark.parametrize("fmt", ["dense", "csr"])
+def test_extreme_scales_solve_the_same_problem(scale, beta, fmt):
+    X = random_problem(seed=4)
+    kw = dict(beta_loss=beta, init="random", random_state=0, max_iter=25, tol=0)
+    Xs = X * scale
+    W, H, info = fastnmf.nmf(sp.csr_matrix(Xs) if fmt == "csr" else Xs, 4, **kw)
+    W1, H1, info1 = fastnmf.nmf(X, 4, **kw)
+    assert np.isfinite(W).all() and np.isfinite(H).all() and not np.isnan(info["loss"])
+    # D_beta(cX | cY) = c^beta D_beta(X | Y): the same factorization up to the scale
+    np.testing.assert_allclose((W / np.sqrt(scale)) @ (H / np.sqrt(scale)), W1 @ H1,
+                               rtol=1e-6, atol=1e-9 * np.abs(W1 @ H1).max())
+    with np.errstate(over="ignore", under="ignore"):
+        expected = np.float64(info1["loss"]) * np.float64(scale) ** beta
+    if np.isfinite(expected) and expected > 1e-290:
+        assert info["loss"] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["dense", "csr"])
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
+def test_mu_monotone_on_200_random_problems(beta, fmt):
+    _monotone_many("mu", beta, fmt, 200)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["dense", "csr"])
+def test_hals_monotone_on_200_random_problems(fmt):
+    _monotone_many("hals", 2.0, fmt, 200)
+
+
+@pytest.mark.parametrize("solver,beta", [("mu", 0.0), ("mu", 1.0), ("mu", 3.0), ("hals", 2.0)])
+def test_monotone_on_20_random_problems(solver, beta):
+    _monotone_many(solver, beta, "csr", 20)
+
+
+def _monotone_many(solver, beta, fmt, count):
+    rng = np.random.default_rng(int(beta * 10) + (fmt == "csr"))
+    for case in range(count):
+        m, n = rng.integers(2, 40, size=2)
+        k = int(rng.integers(1, min(m, n) + 1))
+        X = random_problem(m=m, n=n, r=3, seed=case, density=rng.uniform(0.1, 1.0),
+                           positive=beta <= 0)
+        if not X.any():
+            continue  # all-zero X is a documented error, tested elsewhere
+        Xf = sp.csr_matrix(X) if fmt == "csr" else X
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            W, H, info = fastnmf.nmf(Xf, k, beta_loss=beta, solver=solver, init="random",
+                                     random_state=case, max_iter=30, tol=0, eval_every=1)
+        h = np.asarray(info["loss_history"])
+        assert np.isfinite(W).all() and np.isfinite(H).all(), case
+        # "beyond rounding": the loss is summed from terms as large as the initial loss
+        assert np.all(np.diff(h) <= 1e-9 * h[:-1] + 1e-11 * h[0]), (case, np.diff(h).max())
