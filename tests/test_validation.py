@@ -52,6 +52,7 @@ def test_overcomplete_rank_warns():
     (X.astype(np.complex128), "dtype complex128"),
     (X.astype(np.float16), "dtype float16"),
     (X.astype(object), "dtype object"),
+    (np.full((3, 3), "a"), "dtype <U1"),
 ])
 def test_bad_X(bad, match):
     with pytest.raises((ValueError, TypeError), match=match):
