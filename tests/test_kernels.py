@@ -37,7 +37,8 @@ FORMATS = ["dense", "csr-int32", "csr-int64"]
 
 RTOL = {np.float32: 3e-5, np.float64: 1e-10}        # products, elementwise terms
 RTOL_LOSS = {np.float32: 1e-4, np.float64: 1e-9}    # float64 losses from float32/64 factors
-RTOL_STEP = {np.float32: 2e-4, np.float64: 1e-9}    # a whole solver iteration
+RTOL_STEP = {np.float32: 1e-3, np.float64: 1e-9}    # a whole solver iteration (float32: an
+# active-set flip near zero amplifies rounding over repeated sweeps)
 
 
 # ------------------------------------------------------------------------------------------
