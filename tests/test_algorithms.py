@@ -59,9 +59,13 @@ def test_hals_never_increases_objective(fmt, reg):
         assert _nonincreasing(info["loss_history"])
 
 
-@pytest.mark.parametrize("beta", [1.0, 2.0])
-@pytest.mark.parametrize("reg", [dict(alpha_W=0.01, l1_ratio=0.0),
-                                 dict(alpha_W=0.01, alpha_H=0.03, l1_ratio=1.0)])
+@pytest.mark.parametrize("beta,reg", [
+    (2.0, dict(alpha_W=0.01, l1_ratio=0.0)),                 # L2: exact MM for beta = 2
+    (2.0, dict(alpha_W=0.01, alpha_H=0.03, l1_ratio=0.5)),
+    (1.0, dict(alpha_W=0.01, alpha_H=0.03, l1_ratio=1.0)),   # L1: exact MM for any beta
+    (0.5, dict(alpha_W=0.01, alpha_H=0.03, l1_ratio=1.0)),
+    (3.0, dict(alpha_W=0.01, alpha_H=0.03, l1_ratio=1.0)),
+])
 def test_mu_with_penalties_never_increases_objective(beta, reg):
     X = _X_for(beta, "csr", 3)
     _, _, info = fastnmf.nmf(X, 4, beta_loss=beta, solver="mu", init="random",
