@@ -29,15 +29,20 @@ def wh_guard(dtype, beta):
     return dtype.type(tiny**power)
 
 
-def _gram_frobenius(sq_norm_X, W, Ht, cross):
-    """0.5 ||X - W Ht^T||^2 from <W, X Ht> (``cross``) and the Gram matrices, in float64."""
-    W64 = W.astype(np.float64, copy=False)
-    H64 = Ht.astype(np.float64, copy=False)
-    quad = float(np.sum((W64.T @ W64) * (H64.T @ H64)))
-    return max(0.5 * (sq_norm_X - 2.0 * cross + quad), 0.0)
+class _Operator:
+    def frobenius_loss(self, W, Ht, cross=None):
+        """0.5 ||X - W Ht^T||^2 = 0.5 (||X||^2 - 2 <W, X Ht> + <W^T W, Ht^T Ht>), in float64.
+        ``cross`` = <W, X Ht> when the caller already has it (then no product with X)."""
+        W64 = W.astype(np.float64, copy=False)
+        H64 = Ht.astype(np.float64, copy=False)
+        if cross is None:
+            P = self.product("W", Ht, np.empty_like(W))
+            cross = float(np.vdot(W64, P.astype(np.float64, copy=False)))
+        quad = float(np.sum((W64.T @ W64) * (H64.T @ H64)))
+        return max(0.5 * (self.sq_norm - 2.0 * cross + quad), 0.0)
 
 
-class CsrOperator:
+class CsrOperator(_Operator):
     """X in CSR (sorted, duplicate-free indices) plus one CSR copy of X.T for W.T @ X."""
 
     def __init__(self, X):
@@ -77,10 +82,7 @@ class CsrOperator:
         m = self.shape[0]
         rows = self._loss_rows[:m]
         if beta == 2:
-            if cross is None:
-                P = self.product("W", Ht, np.empty_like(W))
-                cross = float(np.vdot(W.astype(np.float64), P.astype(np.float64)))
-            return _gram_frobenius(self.sq_norm, W, Ht, cross)
+            return self.frobenius_loss(W, Ht, cross)
         eps = wh_guard(self.dtype, beta)
         if beta == 1:
             ks.csr_kl_loss_rows(X.indptr, X.indices, X.data, W, Ht, eps, rows)
@@ -93,7 +95,7 @@ class CsrOperator:
         return max(float(rows.sum()), 0.0)
 
 
-class DenseOperator:
+class DenseOperator(_Operator):
     """A C-contiguous dense X; BLAS for every product, Numba for the elementwise beta terms."""
 
     def __init__(self, X):
@@ -145,10 +147,7 @@ class DenseOperator:
 
     def loss(self, W, Ht, beta, cross=None):
         if beta == 2:
-            if cross is None:
-                P = self.product("W", Ht, np.empty_like(W))
-                cross = float(np.vdot(W.astype(np.float64), P.astype(np.float64)))
-            return _gram_frobenius(self.sq_norm, W, Ht, cross)
+            return self.frobenius_loss(W, Ht, cross)
         WH = self._model(W, Ht)
         kd.beta_loss_rows(self.X, WH, self.dtype.type(beta), wh_guard(self.dtype, beta),
                           self._loss_rows)
