@@ -180,7 +180,7 @@ def nmf(X, n_components=None, *, init=None, solver="auto", beta_loss="frobenius"
     W, H = scaling.factor_in(W), scaling.factor_in(H)
     fit_penalty = scaling.penalty(penalty, dtype)
 
-    with thread_limit(n_threads):
+    with thread_limit(n_threads):   # init: LAPACK/BLAS may use every thread
         if not update_W or not update_H:
             W0 = (check_factor("W", W, (m, k), dtype) if (W is not None or not update_W)
                   else _constant_factor(X, (m, k), k, dtype))
@@ -192,6 +192,7 @@ def nmf(X, n_components=None, *, init=None, solver="auto", beta_loss="frobenius"
             Ht0 = np.ascontiguousarray(check_factor("H", H, (k, n), dtype).T)
         else:
             W0, Ht0 = initialize(X, k, init, random_state, dtype)
+    with thread_limit(n_threads, blas_threads=1):   # iterations: Numba's pool only
         op = make_operator(X)
         algo = SOLVER_CLASSES[solver_name](op, W0, Ht0, beta, fit_penalty, update_W, update_H)
         result = _driver.run(algo, max_iter=max_iter, tol=tol, eval_every=eval_every,

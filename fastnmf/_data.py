@@ -96,62 +96,47 @@ class CsrOperator(_Operator):
 
 
 class DenseOperator(_Operator):
-    """A C-contiguous dense X; BLAS for every product, Numba for the elementwise beta terms."""
+    """A dense X kept C-contiguous, plus one C-contiguous copy of X.T, so both sides run the
+    same row-block kernels (no m x n model buffer: WH is made and consumed block by block)."""
 
     def __init__(self, X):
         self.X = X
+        self.XT = np.ascontiguousarray(X.T)
         self.shape = X.shape
         self.dtype = X.dtype
         self.nnz = int(np.count_nonzero(X))
         X64 = X.astype(np.float64, copy=False).ravel()
         self.sq_norm = float(X64 @ X64)
         self.total = float(X64.sum())
-        self._wh = None     # m x n model buffer, allocated on first use and reused
-        self._s = None      # m x n second buffer (general beta only)
-        self._loss_rows = np.empty(self.shape[0], dtype=np.float64)
+        self._loss_rows = np.empty(max(self.shape), dtype=np.float64)
+        # rows per block: ~64 KiB of a row block of X, between 8 and 256 rows
+        self._block = {side: int(min(256, max(8, 8192 // max(A.shape[1], 1))))
+                       for side, A in (("W", self.X), ("H", self.XT))}
 
-    def _model(self, W, Ht):
-        if self._wh is None:
-            self._wh = np.empty(self.shape, dtype=self.dtype)
-        np.matmul(W, Ht.T, out=self._wh)
-        return self._wh
+    def _mat(self, side):
+        return self.X if side == "W" else self.XT
 
     def product(self, side, G, out):
-        if side == "W":
-            np.matmul(self.X, G, out=out)
-        else:
-            np.matmul(self.X.T, G, out=out)
+        kd.dense_times(self._mat(side), G, out, self._block[side])
         return out
 
     def beta_terms(self, side, F, G, beta, num, den):
-        W, Ht = (F, G) if side == "W" else (G, F)
-        R = self._model(W, Ht)
-        eps = wh_guard(self.dtype, beta)
+        A = self._mat(side)
+        T = self.dtype.type
+        kd.dense_beta_blocks(A, F, G, T(beta), wh_guard(self.dtype, beta), num, den,
+                             self._loss_rows, True, False, self._block[side])
         if beta == 1:
-            kd.kl_ratio_inplace(self.X, R, eps)
             den[...] = G.sum(axis=0)
-            S = None
-        else:
-            if self._s is None:
-                self._s = np.empty(self.shape, dtype=self.dtype)
-            S = self._s
-            kd.beta_ratio_inplace(self.X, R, S, self.dtype.type(beta), eps)
-        if side == "W":
-            np.matmul(R, G, out=num)
-            if S is not None:
-                np.matmul(S, G, out=den)
-        else:
-            np.matmul(R.T, G, out=num)
-            if S is not None:
-                np.matmul(S.T, G, out=den)
 
     def loss(self, W, Ht, beta, cross=None):
         if beta == 2:
             return self.frobenius_loss(W, Ht, cross)
-        WH = self._model(W, Ht)
-        kd.beta_loss_rows(self.X, WH, self.dtype.type(beta), wh_guard(self.dtype, beta),
-                          self._loss_rows)
-        return max(float(self._loss_rows.sum()), 0.0)
+        m = self.shape[0]
+        rows = self._loss_rows[:m]
+        T = self.dtype.type
+        kd.dense_beta_blocks(self.X, W, Ht, T(beta), wh_guard(self.dtype, beta), W, W, rows,
+                             False, True, self._block["W"])
+        return max(float(rows.sum()), 0.0)
 
 
 def make_operator(X):

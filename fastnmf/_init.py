@@ -45,7 +45,7 @@ def truncated_svd(X, k, rng):
     """Exact LAPACK SVD for small problems, randomized otherwise. The choice depends on the
     size only, not the storage, so dense and sparse X get the same start."""
     m, n = X.shape
-    if m * n <= 2_000_000 or (k >= 0.25 * min(m, n) and m * n <= 50_000_000):
+    if m * n <= 250_000 or (k >= 0.25 * min(m, n) and m * n <= 50_000_000):
         dense = X.toarray() if sp.issparse(X) else X
         U, s, Vt = np.linalg.svd(np.asarray(dense, dtype=np.float64), full_matrices=False)
         return U[:, :k], s[:k], Vt[:k]

@@ -291,48 +291,47 @@ def test_csr_beta_all_entries(dtype, idx_dtype, beta, threads):
 
 
 # ------------------------------------------------------------------------------------------
-# dense elementwise kernels
+# dense row-block kernels
 
+@pytest.mark.parametrize("block", [1, 7, 64])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_kl_ratio_inplace(dtype, threads):
+def test_dense_times(dtype, block, threads):
     X = make_X(dtype)
-    W = make_factor(M, dtype, 10, guard_rows=True)
-    Ht = make_factor(N, dtype, 11, guard_rows=True)
-    WH = W @ Ht.T
-    expected = ref.kl_ratio(X, WH, float(kernel_eps(dtype)))
-    kd.kl_ratio_inplace(X, WH, kernel_eps(dtype))
-    assert WH.dtype == dtype
-    assert_close(WH, expected, RTOL[dtype], "x / max(wh, eps)")
+    G = make_factor(N, dtype, 11)
+    out = np.full((M, G.shape[1]), np.nan, dtype=dtype)
+    kd.dense_times(X, G, out, block)
+    assert out.dtype == dtype
+    assert_close(out, ref.product(X, G), RTOL[dtype], f"X @ G block={block}")
 
 
-@pytest.mark.parametrize("beta", [0.0, 0.5, 1.5, 3.0])
+@pytest.mark.parametrize("block", [1, 7, 64])
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 1.5, 3.0])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_beta_ratio_inplace(dtype, beta, threads):
+def test_dense_beta_blocks_terms_and_loss(dtype, beta, block, threads):
     X = make_X(dtype, positive=beta <= 0)
-    W = make_factor(M, dtype, 10, guard_rows=True)
-    Ht = make_factor(N, dtype, 11, guard_rows=True)
-    WH = W @ Ht.T
-    S = np.full_like(WH, np.nan)
-    exp_ratio, exp_s = ref.beta_ratio(X, WH, beta, float(kernel_eps(dtype)))
-    kd.beta_ratio_inplace(X, WH, S, np.dtype(dtype).type(beta), kernel_eps(dtype))
-    assert_close(WH, exp_ratio, RTOL[dtype], f"x wh^(beta-2), beta={beta}")
-    assert_close(S, exp_s, RTOL[dtype], f"wh^(beta-1), beta={beta}")
-
-
-@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_beta_loss_rows(dtype, beta, threads):
-    X = make_X(dtype, positive=beta <= 0)
-    W = make_factor(M, dtype, 10, guard_rows=True)
-    Ht = make_factor(N, dtype, 11, guard_rows=True)
-    WH = W @ Ht.T
-    eps = kernel_eps(dtype)
-    expected = ref.beta_divergence_rows(X, np.maximum(WH.astype(np.float64), float(eps)), beta)
-    WH_before = WH.copy()
-    rows = np.full(M, np.nan)
-    kd.beta_loss_rows(X, WH, np.dtype(dtype).type(beta), eps, rows)
-    assert np.array_equal(WH, WH_before), "beta_loss_rows modified WH"
-    assert_close(rows, expected, RTOL_LOSS[dtype], f"loss rows beta={beta}")
+    F = make_factor(M, dtype, 10, guard_rows=True)
+    G = make_factor(N, dtype, 11, guard_rows=True)
+    T = np.dtype(dtype).type
+    eps = kernel_eps(dtype) if beta >= 1 else T(ref.wh_guard(dtype, beta))
+    num = np.full_like(F, -5.0)
+    den = np.full_like(F, -5.0)
+    rows = np.full(M, -7.0)
+    kd.dense_beta_blocks(X, F, G, T(beta), eps, num, den, rows, True, False, block)
+    tag = f"beta={beta} block={block}"
+    if beta == 1:
+        assert_close(num, ref.kl_numerator(X, F, G, float(eps)), RTOL[dtype], "num " + tag)
+        assert (den == -5.0).all(), "den is the caller's for KL"
+    else:
+        assert_close(num, ref.beta_numerator(X, F, G, beta, float(eps)), RTOL[dtype],
+                     "num " + tag)
+        assert_close(den, ref.beta_denominator(F, G, beta, float(eps)), RTOL[dtype],
+                     "den " + tag)
+    assert (rows == -7.0).all(), "loss rows written without want_loss"
+    num2 = np.full_like(F, -5.0)
+    kd.dense_beta_blocks(X, F, G, T(beta), eps, num2, num2, rows, False, True, block)
+    assert (num2 == -5.0).all(), "terms written without want_terms"
+    assert_close(rows, ref.beta_divergence_rows(X, ref.guarded_model(F, G, float(eps)), beta),
+                 RTOL_LOSS[dtype], "loss rows " + tag)
 
 
 # ------------------------------------------------------------------------------------------
@@ -755,9 +754,8 @@ KERNELS = {
     "csr_kl_numerator": ks.csr_kl_numerator,
     "csr_kl_loss_rows": ks.csr_kl_loss_rows,
     "csr_beta_all_entries": ks.csr_beta_all_entries,
-    "kl_ratio_inplace": kd.kl_ratio_inplace,
-    "beta_ratio_inplace": kd.beta_ratio_inplace,
-    "beta_loss_rows": kd.beta_loss_rows,
+    "dense_times": kd.dense_times,
+    "dense_beta_blocks": kd.dense_beta_blocks,
     "mu_apply": kf.mu_apply,
     "hals_sweeps": kf.hals_sweeps,
 }

@@ -1,8 +1,16 @@
-"""Dense elementwise kernels for beta != 2 on a dense X (WH itself comes from BLAS).
+"""Dense kernels: row blocks in parallel, each block's products by a single-threaded BLAS call.
 
-Threading contract: ``prange`` over rows i; iteration i reads and writes only row i of the
-m x n buffers (and ``loss_rows[i]``): no race, thread-count-independent results.
+Threading contract: ``prange`` over fixed blocks of ``block`` rows; block b reads shared
+inputs and writes only rows [b*block, (b+1)*block) of its outputs (and of ``loss_rows``), and
+its scratch arrays are its own. BLAS runs single-threaded inside (the caller limits BLAS to
+one thread for the fit), so Numba's pool is the only one running: no two pools spin against
+each other, and a row's result does not depend on the thread count.
+
+The beta kernels never form the m x n model: each block computes its rows of WH with one
+GEMM, turns them into the MU terms elementwise, and multiplies back with G, all while the
+block is in cache.
 """
+import numpy as np
 from numba import prange
 
 from .._jit import parallel_kernel
@@ -10,42 +18,53 @@ from ._scalar import beta_divergence_entry
 
 
 @parallel_kernel
-def kl_ratio_inplace(X, WH, eps):
-    """WH <- X / max(WH, eps)."""
-    m, n = WH.shape
-    for i in prange(m):
-        for j in range(n):
-            wh = WH[i, j]
-            if wh < eps:
-                wh = eps
-            WH[i, j] = X[i, j] / wh
+def dense_times(A, G, out, block):
+    """out = A @ G (A m x n C-contiguous, G n x r)."""
+    m = A.shape[0]
+    for b in prange((m + block - 1) // block):
+        s = b * block
+        e = min(m, s + block)
+        np.dot(A[s:e], G, out[s:e])
 
 
 @parallel_kernel
-def beta_ratio_inplace(X, WH, S, beta, eps):
-    """S <- max(WH, eps)^(beta-1);  WH <- X * max(WH, eps)^(beta-2)."""
-    m, n = WH.shape
-    bm1 = beta - (eps - eps + 1)
-    for i in prange(m):
-        for j in range(n):
-            wh = WH[i, j]
-            if wh < eps:
-                wh = eps
-            d = wh**bm1
-            S[i, j] = d
-            WH[i, j] = X[i, j] * d / wh
+def dense_beta_blocks(A, F, G, beta, eps, num, den, loss_rows, want_terms, want_loss, block):
+    """MU terms and/or per-row loss for any beta on a dense A ~ F G^T (A m x n, F m x r,
+    G n x r), WH guarded below by ``eps``.
 
-
-@parallel_kernel
-def beta_loss_rows(X, WH, beta, eps, loss_rows):
-    """loss_rows[i] = sum_j d_beta(X_ij | max(WH_ij, eps)), accumulated in float64."""
-    m, n = WH.shape
-    b = float(beta)
-    for i in prange(m):
-        acc = 0.0
-        for j in range(n):
-            wh = WH[i, j]
-            if wh < eps:
-                wh = eps
-            acc += beta_divergence_entry(X[i, j], wh, b)
-        loss_rows[i] = acc
+    want_terms: num = (A o WH^(beta-2)) G; den = WH^(beta-1) G, except for beta == 1 where
+                den is left alone (the caller fills it with the column sums of G).
+    want_loss:  loss_rows[i] = sum_j d_beta(A_ij | WH_ij) in float64.
+    """
+    m, n = A.shape
+    one = eps - eps + 1
+    bm1 = beta - one
+    kl = beta == one
+    bf = float(beta)
+    for b in prange((m + block - 1) // block):
+        s = b * block
+        e = min(m, s + block)
+        WH = np.dot(F[s:e], G.T)
+        S = np.empty_like(WH) if (want_terms and not kl) else WH[:0]
+        for ii in range(e - s):
+            acc = 0.0
+            for j in range(n):
+                wh = WH[ii, j]
+                if wh < eps:
+                    wh = eps
+                x = A[s + ii, j]
+                if want_loss:
+                    acc += beta_divergence_entry(x, wh, bf)
+                if want_terms:
+                    if kl:
+                        WH[ii, j] = x / wh
+                    else:
+                        d = wh**bm1
+                        S[ii, j] = d
+                        WH[ii, j] = x * d / wh
+            if want_loss:
+                loss_rows[s + ii] = acc
+        if want_terms:
+            np.dot(WH, G, num[s:e])
+            if not kl:
+                np.dot(S, G, den[s:e])
