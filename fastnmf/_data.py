@@ -109,9 +109,16 @@ class DenseOperator(_Operator):
         self.sq_norm = float(X64 @ X64)
         self.total = float(X64.sum())
         self._loss_rows = np.empty(max(self.shape), dtype=np.float64)
-        # rows per block: ~64 KiB of a row block of X, between 8 and 256 rows
-        self._block = {side: int(min(256, max(8, 8192 // max(A.shape[1], 1))))
-                       for side, A in (("W", self.X), ("H", self.XT))}
+        # Rows per parallel task, fixed by the shape (never by the thread count, so results
+        # do not depend on it): products take ~1/16 of the rows (large GEMMs, 16 tasks to
+        # balance); the beta kernels keep a block's WH (block x n) within ~1 MiB (L2-sized).
+        item = self.dtype.itemsize
+        self._block, self._beta_block = {}, {}
+        for side, A in (("W", self.X), ("H", self.XT)):
+            rows, cols = A.shape
+            self._block[side] = int(min(1024, max(16, -(-rows // 16))))
+            self._beta_block[side] = int(min(self._block[side],
+                                             max(8, 1048576 // (cols * item))))
 
     def _mat(self, side):
         return self.X if side == "W" else self.XT
@@ -124,7 +131,7 @@ class DenseOperator(_Operator):
         A = self._mat(side)
         T = self.dtype.type
         kd.dense_beta_blocks(A, F, G, T(beta), wh_guard(self.dtype, beta), num, den,
-                             self._loss_rows, True, False, self._block[side])
+                             self._loss_rows, True, False, self._beta_block[side])
         if beta == 1:
             den[...] = G.sum(axis=0)
 
@@ -135,7 +142,7 @@ class DenseOperator(_Operator):
         rows = self._loss_rows[:m]
         T = self.dtype.type
         kd.dense_beta_blocks(self.X, W, Ht, T(beta), wh_guard(self.dtype, beta), W, W, rows,
-                             False, True, self._block["W"])
+                             False, True, self._beta_block["W"])
         return max(float(rows.sum()), 0.0)
 
 

