@@ -11,6 +11,10 @@ import numbers
 import warnings
 
 import numba
+# Numba's np.dot calls SciPy's own BLAS (a second OpenBLAS next to NumPy's). Load it now:
+# threadpoolctl limits only libraries already loaded, and an unlimited BLAS called from
+# inside Numba's parallel blocks oversubscribes the cores (measured: 40x slower GEMM blocks).
+import scipy.linalg.cython_blas  # noqa: F401
 
 try:
     from threadpoolctl import threadpool_limits

@@ -193,3 +193,28 @@ def test_init_properties(init):
         U, s, Vt = np.linalg.svd(X)
         np.testing.assert_allclose(np.outer(W0[:, 0], Ht0[:, 0]), s[0] * np.outer(U[:, 0], Vt[0]),
                                    rtol=1e-8, atol=1e-10)
+
+
+def test_every_blas_is_single_threaded_during_iterations_in_a_fresh_process():
+    # Numba's np.dot calls SciPy's BLAS, a second OpenBLAS; if it is loaded after the
+    # thread limit is set it runs unlimited inside Numba's parallel blocks (oversubscription,
+    # measured 40x slower). A fresh interpreter is the only honest check of import order.
+    import subprocess
+    import sys
+    code = (
+        "import numpy as np, fastnmf, json\n"
+        "from threadpoolctl import threadpool_info\n"
+        "seen = []\n"
+        "def cb(it, W, H, loss):\n"
+        "    seen.extend((p['filepath'], p['num_threads']) for p in threadpool_info()\n"
+        "                if p['user_api'] == 'blas')\n"
+        "X = np.random.default_rng(0).random((300, 200))\n"
+        "fastnmf.nmf(X, 5, beta_loss='kl', n_threads=2, max_iter=2, tol=0, eval_every=1,\n"
+        "            callback=cb)\n"
+        "print(json.dumps(seen))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=True).stdout
+    import json
+    seen = json.loads(out.strip().splitlines()[-1])
+    assert seen and all(n == 1 for _, n in seen), seen
+    assert any("scipy" in path for path, _ in seen), "SciPy's BLAS not loaded/limited"
