@@ -1,168 +1,227 @@
-"""asv benchmarks of whole fits through the public API (fastnmf.nmf).
+"""asv benchmarks of whole fits through the public API (``fastnmf.nmf``).
 
-- ``time_*``: fixed work, ``max_iter=N, tol=0`` (N = _common.FIT_ITERS) from one NNDSVDa
-  start computed in setup, over method (solver/loss), storage (dense/sparse) and dtype; over
-  n_threads; and the initializations alone.
-- ``track_*``: objective after N iterations relative to the start; iterations and seconds to
-  reach ``tol=1e-4``.
-- ``peakmem_*``: peak resident memory of a fit (includes the data and the interpreter).
-- ``timeraw_*``: a fresh interpreter: import fastnmf, then the first small fit (JIT cache
-  loading or compiling included: "compile time is user time").
+One class per axis, so the cross product stays small (sizes, ranks and iteration counts are in
+_common.py; ``FASTNMF_BENCH_QUICK=1`` shrinks them). Methods are solver/loss pairs:
+``mu-frobenius``, ``hals-frobenius``, ``mu-kl``, ``mu-is`` (Itakura-Saito needs X > 0: dense
+only, on a strictly positive matrix).
 
-Data: fastnmf.datasets.make_sparse_counts / make_dense_images with fixed seeds, sizes in
-_common.py (FASTNMF_BENCH_QUICK=1 shrinks them). ``setup`` runs the timed fit once so JIT
-compilation is not timed. The general-beta case (beta = 1.5) runs on dense data only: on
-sparse data it costs O(m n r) per iteration (its kernel is in bench_kernels).
+==================  ===============================================  ==========================
+class               axes                                             fixed
+==================  ===============================================  ==========================
+TimeFitSize         method (4) x storage x size (small/medium/large)  float64, r = 10, all thr.
+TimeFitDtype        method (3) x storage x dtype (float32/float64)    medium, r = 10, all thr.
+TimeFitRank         method (3) x storage x rank (5/20/50)             medium, float64, all thr.
+TimeFitThreads      method (3) x storage x threads (1/2/all)          medium, float64, r = 10
+TimeInit            init (nndsvda/random) x storage                   medium, float64, r = 10
+TrackConvergence    method (4) x storage                              medium, float64, r = 10
+PeakMemFit          method (3) x storage                              large, float64, r = 10
+TimerawFirstFit     method (2) x storage x numba_cache (warm/cold)    tiny problem, new process
+timeraw_import      -                                                 new process
+==================  ===============================================  ==========================
+
+- ``time_*``: fixed work, ``max_iter=N, tol=0`` (N = FIT_ITERS) from a fixed start computed in
+  the benchmark (so every commit starts from the same point); the loss is evaluated at the
+  start and at the end only. ``setup`` runs the timed fit once: JIT compilation (or loading the
+  on-disk cache) is never timed.
+- ``track_*``: convergence (TrackConvergence): the objective after N iterations relative to the
+  start, the relative error ||X - WH||_F / ||X||_F after N iterations, and the iterations,
+  seconds and final relative error of a fit to ``tol=1e-4`` (max TOL_MAX_ITER iterations,
+  loss evaluated every iteration). Computed once per commit in ``setup_cache`` (each fit after
+  a warm-up fit that compiles its kernels), then read by the ``track_*`` methods.
+- ``peakmem_*``: peak resident memory of the benchmark process during a fit (the data, the
+  interpreter and the libraries included).
+- ``timeraw_*``: a fresh interpreter imports fastnmf and runs its first small fit, with the
+  on-disk Numba cache warm (populated by ``setup``) or cold (``NUMBA_CACHE_DIR`` pointed at a
+  new empty directory for every sample: all kernels compile).
 """
 import os
-import warnings
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
 
 import numba
-import numpy as np
 
 from . import _common as c
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS3 = ["mu-frobenius", "hals-frobenius", "mu-kl"]
 
 
-def _nmf(X, **kw):
-    import fastnmf
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")   # ConvergenceWarning when max_iter is hit on purpose
-        return fastnmf.nmf(X, c.FIT_RANK, random_state=0, **kw)
+class _FitBench:
+    """setup: data, fixed start, one untimed fit; time_fit: the same fit."""
+    timeout = 600
+
+    def _prepare(self, method, storage, size="medium", dtype="float64", r=c.FIT_RANK,
+                 threads="all"):
+        self.X = c.fit_data(storage, size, dtype, method)
+        self.kw = c.fixed_work(method, self.X, r, n_threads=c.n_threads_arg(threads))
+        self.r = r
+        self.time_fit()
+
+    def time_fit(self, *params):
+        c.nmf(self.X, self.r, **self.kw)
 
 
-def _check_method(method, storage):
-    if method == "mu-beta1.5" and storage == "sparse":
-        raise NotImplementedError("general beta on sparse data: see bench_kernels")
+@c.with_attrs(c.FIT_ATTRS)
+class TimeFitSize(_FitBench):
+    """Fixed work (N iterations) over the three sizes (float64, r = 10, all threads)."""
+    params = [list(c.METHODS), list(c.STORAGES), list(c.SIZES)]
+    param_names = ["method", "storage", "size"]
+
+    def setup(self, method, storage, size):
+        self._prepare(method, storage, size=size)
 
 
-def _fixed_work(method, storage, dtype, n_threads=None):
-    """Keyword arguments of a fixed-work fit: custom NNDSVDa start, N iterations, tol=0, the
-    loss evaluated at the start and the end only."""
-    W, H = c.fit_start(storage, dtype)
-    return dict(c.METHODS[method], init="custom", W=W, H=H, max_iter=c.FIT_ITERS, tol=0.0,
-                eval_every=c.FIT_ITERS,
-                n_threads=n_threads or numba.config.NUMBA_NUM_THREADS)
-
-
-class TimeFit:
-    """Seconds for N iterations from a given start (input checks, operator setup, the first
-    and last loss included; the initialization is not: see TimeInit)."""
-    params = [list(c.METHODS), ["dense", "sparse"], list(c.DTYPES)]
+@c.with_attrs(c.FIT_ATTRS)
+class TimeFitDtype(_FitBench):
+    """Fixed work in float32 and float64 (medium size, r = 10, all threads)."""
+    params = [METHODS3, list(c.STORAGES), list(c.DTYPES)]
     param_names = ["method", "storage", "dtype"]
-    timeout = 300
 
     def setup(self, method, storage, dtype):
-        _check_method(method, storage)
-        self.X = c.fit_data(storage, dtype)
-        self.kw = _fixed_work(method, storage, dtype)
-        self.time_fit(method, storage, dtype)
-
-    def time_fit(self, method, storage, dtype):
-        _nmf(self.X, **self.kw)
+        self._prepare(method, storage, dtype=dtype)
 
 
-class TimeFitThreads:
-    """Thread scaling: the same fit with 1 .. NUMBA_NUM_THREADS threads (sparse, float64)."""
-    params = [["mu-frobenius", "hals-frobenius", "mu-kl"],
-              sorted({1, 2, numba.config.NUMBA_NUM_THREADS})]
-    param_names = ["method", "n_threads"]
-    timeout = 300
+@c.with_attrs(c.FIT_ATTRS)
+class TimeFitRank(_FitBench):
+    """Fixed work at ranks 5, 20, 50 (medium size, float64, all threads)."""
+    params = [METHODS3, list(c.STORAGES), list(c.RANKS)]
+    param_names = ["method", "storage", "rank"]
 
-    def setup(self, method, n_threads):
-        if n_threads > numba.config.NUMBA_NUM_THREADS:
-            raise NotImplementedError("more threads than NUMBA_NUM_THREADS")
-        self.X = c.fit_data("sparse", "float64")
-        self.kw = _fixed_work(method, "sparse", "float64", n_threads)
-        self.time_fit(method, n_threads)
-
-    def time_fit(self, method, n_threads):
-        _nmf(self.X, **self.kw)
+    def setup(self, method, storage, rank):
+        self._prepare(method, storage, r=rank)
 
 
+@c.with_attrs(c.FIT_ATTRS)
+class TimeFitThreads(_FitBench):
+    """Thread scaling: n_threads = 1, 2 and all (None) of Numba's threads (medium, float64,
+    r = 10). "2" is skipped on a machine with one thread; on 2 cores "2" and "all" agree."""
+    params = [METHODS3, list(c.STORAGES), list(c.THREADS)]
+    param_names = ["method", "storage", "threads"]
+
+    def setup(self, method, storage, threads):
+        self._prepare(method, storage, threads=threads)
+
+
+@c.with_attrs(c.FIT_ATTRS)
 class TimeInit:
-    """The initializations alone (fastnmf._init.initialize), float64."""
-    params = [["nndsvda", "random"], ["dense", "sparse"]]
+    """The initializations alone (fastnmf._init.initialize; medium, float64, r = 10)."""
+    params = [["nndsvda", "random"], list(c.STORAGES)]
     param_names = ["init", "storage"]
     timeout = 300
 
     def setup(self, init, storage):
-        from fastnmf._init import initialize
+        try:
+            from fastnmf._init import initialize
+        except ImportError:
+            raise c.missing("fastnmf._init.initialize not in this commit") from None
         self.initialize = initialize
-        self.X = c.fit_data(storage, "float64")
+        self.X = c.fit_data(storage)
         self.time_init(init, storage)
 
     def time_init(self, init, storage):
         self.initialize(self.X, c.FIT_RANK, init, 0, self.X.dtype)
 
 
-class TrackLoss:
-    """Objective after N iterations divided by the objective at the start (lower is better).
-    A change here with no code change to the solver means the iterates changed."""
-    params = [list(c.METHODS), ["dense", "sparse"], list(c.DTYPES)]
-    param_names = ["method", "storage", "dtype"]
-    unit = "relative objective"
-    timeout = 300
+class TrackConvergence:
+    """Convergence of each method from the fixed start (medium, float64, r = 10).
 
-    def setup(self, method, storage, dtype):
-        _check_method(method, storage)
-        self.X = c.fit_data(storage, dtype)
+    - ``track_loss_after_n``: objective after N = FIT_ITERS iterations / objective at start;
+    - ``track_relative_error_after_n``: ||X - WH||_F / ||X||_F after N iterations;
+    - ``track_iterations_to_tol`` / ``track_seconds_to_tol``: to a relative decrease below
+      tol = 1e-4 between two iterations (at most TOL_MAX_ITER iterations);
+    - ``track_relative_error_at_tol``: ||X - WH||_F / ||X||_F where that fit stopped.
 
-    def track_relative_loss(self, method, storage, dtype):
-        _, _, info = _nmf(self.X, **_fixed_work(method, storage, dtype))
-        return info["loss"] / info["loss_history"][0]
+    A change in a loss or an iteration count with no solver change means the iterates changed.
+    """
+    params = [list(c.METHODS), list(c.STORAGES)]
+    param_names = ["method", "storage"]
+    timeout = 1800
 
+    def setup_cache(self):
+        results = {}
+        for method in c.METHODS:
+            for storage in c.STORAGES:
+                try:
+                    X = c.fit_data(storage, "medium", "float64", method)
+                except NotImplementedError:
+                    continue
+                kw = c.fixed_work(method, X)
+                c.nmf(X, c.FIT_RANK, **dict(kw, max_iter=2, eval_every=1))   # compile
+                W, H, info = c.nmf(X, c.FIT_RANK, **kw)
+                tol_kw = dict(kw, tol=c.TOL, max_iter=c.TOL_MAX_ITER, eval_every=1)
+                t0 = time.perf_counter()
+                Wt, Ht, info_t = c.nmf(X, c.FIT_RANK, **tol_kw)
+                seconds = time.perf_counter() - t0
+                results[method, storage] = {
+                    "loss_after_n": info["loss"] / info["loss_history"][0],
+                    "relative_error_after_n": c.relative_error(X, W, H),
+                    "iterations_to_tol": info_t["n_iter"],
+                    "seconds_to_tol": seconds,
+                    "relative_error_at_tol": c.relative_error(X, Wt, Ht),
+                }
+        return results
 
-class TrackToTolerance:
-    """Iterations and seconds to a relative decrease below tol=1e-4 (max 500 iterations;
-    sparse float64, loss evaluated every iteration)."""
-    params = [["mu-frobenius", "hals-frobenius", "mu-kl"]]
-    param_names = ["method"]
-    timeout = 600
+    def setup(self, results, method, storage):
+        if (method, storage) not in results:
+            raise NotImplementedError("Itakura-Saito needs X > 0: no sparse case")
 
-    def setup(self, method):
-        self.X = c.fit_data("sparse", "float64")
-        W, H = c.fit_start("sparse", "float64")
-        self.kw = dict(c.METHODS[method], init="custom", W=W, H=H, tol=1e-4,
-                       max_iter=50 if c.QUICK else 500, eval_every=1)
-        _nmf(self.X, **dict(self.kw, max_iter=2))   # compile outside the measurement
+    def track_loss_after_n(self, results, method, storage):
+        return results[method, storage]["loss_after_n"]
+    track_loss_after_n.unit = "objective / start objective"
 
-    def track_iterations(self, method):
-        return _nmf(self.X, **self.kw)[2]["n_iter"]
-    track_iterations.unit = "iterations"
+    def track_relative_error_after_n(self, results, method, storage):
+        return results[method, storage]["relative_error_after_n"]
+    track_relative_error_after_n.unit = "relative error"
 
-    def track_seconds(self, method):
-        return _nmf(self.X, **self.kw)[2]["elapsed"]
-    track_seconds.unit = "seconds"
+    def track_iterations_to_tol(self, results, method, storage):
+        return results[method, storage]["iterations_to_tol"]
+    track_iterations_to_tol.unit = "iterations"
+
+    def track_seconds_to_tol(self, results, method, storage):
+        return results[method, storage]["seconds_to_tol"]
+    track_seconds_to_tol.unit = "seconds"
+
+    def track_relative_error_at_tol(self, results, method, storage):
+        return results[method, storage]["relative_error_at_tol"]
+    track_relative_error_at_tol.unit = "relative error"
 
 
 class PeakMemFit:
-    """Peak resident memory of a fit: data, transposed copy, factors and buffers."""
-    params = [["mu-frobenius", "hals-frobenius", "mu-kl"], ["dense", "sparse"]]
+    """Peak resident memory of the process during a fixed-work fit at the large size: data,
+    transposed copy, factors, buffers, plus the interpreter and libraries (~150-250 MB)."""
+    params = [METHODS3, list(c.STORAGES)]
     param_names = ["method", "storage"]
-    timeout = 300
+    timeout = 600
 
     def setup(self, method, storage):
-        self.X = c.fit_data(storage, "float64")
-        self.kw = dict(c.METHODS[method], init="nndsvda", max_iter=c.FIT_ITERS, tol=0.0)
+        self.X = c.fit_data(storage, "large", "float64", method)
+        self.kw = c.fixed_work(method, self.X)
+        self.peakmem_fit(method, storage)
 
     def peakmem_fit(self, method, storage):
-        _nmf(self.X, **self.kw)
+        c.nmf(self.X, c.FIT_RANK, **self.kw)
 
+
+# ---------------------------------------------------------------------------------------------
+# cold start: a new interpreter per sample
 
 _IMPORT = f"""
 import sys
 try:
     import fastnmf
-except ImportError:
+except ImportError:   # an uninstalled checkout
     sys.path.insert(0, {_REPO!r})
     import fastnmf
 """
 
 _FIRST_FIT = _IMPORT + """
 import warnings
-from fastnmf.datasets import make_sparse_counts, make_dense_images
+import numpy as np
+import scipy.sparse as sp
+rng = np.random.default_rng(0)
 X = {data}
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -170,24 +229,53 @@ with warnings.catch_warnings():
                 random_state=0)
 """
 
+_DATA = {
+    "dense": "rng.random((200, 64))",
+    "sparse": "sp.csr_matrix((rng.integers(1, 5, 3000).astype(float), (rng.integers(0, 300, "
+              "3000), rng.integers(0, 200, 3000))), shape=(300, 200))",
+}
+
 
 def timeraw_import():
-    """A fresh interpreter running ``import fastnmf`` (numba, scipy and the kernels' modules;
-    kernels compile lazily, on first call)."""
+    """A fresh interpreter running ``import fastnmf`` (numpy, scipy, numba, the kernel
+    modules; kernels compile lazily, on their first call)."""
     return _IMPORT
+
+
 timeraw_import.timeout = 120
 
 
 class TimerawFirstFit:
-    """A fresh interpreter: import fastnmf, make a tiny problem, run a 5-iteration fit. With
-    a warm on-disk Numba cache this is the cost of loading the cached kernels; after a kernel
-    change, of compiling them."""
-    params = [["mu-frobenius", "hals-frobenius", "mu-kl"], ["dense", "sparse"]]
-    param_names = ["method", "storage"]
-    timeout = 600
+    """A fresh interpreter: import fastnmf, make a tiny problem, run a 5-iteration fit.
 
-    def timeraw_first_fit(self, method, storage):
+    numba_cache = "warm": the on-disk Numba cache is populated (``setup`` runs the same code
+    once in a subprocess): the cost of import + loading the cached kernels.
+    numba_cache = "cold": ``NUMBA_CACHE_DIR`` is a new empty directory for every sample (set
+    in the untimed part of the child), so every kernel the fit needs compiles.
+    """
+    params = [["hals-frobenius", "mu-kl"], list(c.STORAGES), ["warm", "cold"]]
+    param_names = ["method", "storage", "numba_cache"]
+    timeout = 600
+    if c.QUICK:
+        rounds, repeat = 1, 1
+    else:
+        rounds, repeat = 2, (2, 5, 30.0)
+
+    def setup(self, method, storage, numba_cache):
+        self.tmp = tempfile.mkdtemp(prefix="fastnmf-bench-numba-")
+        if numba_cache == "warm":         # populate the default on-disk cache, untimed
+            stmt = self.timeraw_first_fit(method, storage, numba_cache)[0]
+            subprocess.run([sys.executable, "-c", stmt], check=True)
+
+    def teardown(self, method, storage, numba_cache):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def timeraw_first_fit(self, method, storage, numba_cache):
         kw = c.METHODS[method]
-        data = ("make_sparse_counts(300, 200, 3000, 5)" if storage == "sparse"
-                else "make_dense_images(200, 64, 5)")
-        return _FIRST_FIT.format(data=data, solver=kw["solver"], loss=kw["beta_loss"])
+        stmt = _FIRST_FIT.format(data=_DATA[storage], solver=kw["solver"],
+                                 loss=kw["beta_loss"])
+        if numba_cache == "warm":
+            return stmt, ""
+        setup = ("import os, tempfile\n"
+                 f"os.environ['NUMBA_CACHE_DIR'] = tempfile.mkdtemp(dir={self.tmp!r})\n")
+        return stmt, setup

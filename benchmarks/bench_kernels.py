@@ -1,169 +1,247 @@
-"""asv benchmarks of the Numba kernels (fastnmf._kernels), one call each.
+"""asv benchmarks of the Numba kernels (``fastnmf._kernels``), one call each.
 
-Every class is parameterized over dtype (float32, float64) and a small/medium problem size
-(see _common.py; FASTNMF_BENCH_QUICK=1 shrinks them). Inputs are generated from fixed seeds.
-Each ``setup`` calls the kernel once, so JIT compilation (or loading the on-disk cache) is not
-timed. The kernels run with all of Numba's threads (NUMBA_NUM_THREADS); thread scaling is
-measured end to end in bench_fit.TimeFitThreads.
+Three classes, one per kernel module, each parameterized over kernel x dtype x size:
+
+* ``SparseKernels``: the CSR products (X Ht; X^T W through the transposed CSR copy), the fused
+  KL numerator and KL loss rows, the general-beta all-entries kernel (beta = 1.5: terms, loss);
+* ``DenseKernels``: ``dense_times`` (X Ht, X^T W on the C-contiguous copy of X^T) and the
+  fused ``dense_beta_blocks`` (MU terms for KL, IS and beta = 1.5; the KL loss rows alone);
+* ``FactorKernels``: ``mu_apply`` (gamma 1) and ``hals_sweeps`` (3 sweeps, fixed work).
+
+Each class has three benchmarks over the same parameters:
+
+* ``time_kernel``: seconds per call (asv's usual statistics; a regression is an increase);
+* ``track_gflops``: useful floating-point work per second (unit GFLOP/s);
+* ``track_gbs``: compulsory memory traffic per second (unit GB/s).
+
+The rates come from the median of repeated calls timed inside the benchmark; note that asv's
+compare marks any *increase* with "+", which for a rate is an improvement. The work model of
+each kernel (what one call counts as flops and bytes; s = bytes per float, i = per index, all
+arrays read or written exactly once) is in ``WORK`` below and in docs/benchmarking.md. Rank r =
+``_common.KERNEL_RANK``. Kernels run with all of Numba's threads; dense kernels with BLAS held
+to one thread, as during a fit. Kernels that a commit does not have (the dense ones before
+``d11ded9``) are skipped (asv shows "n/a"), or fail with FASTNMF_BENCH_STRICT=1 (CI).
 """
 import numba
 import numpy as np
 
 from . import _common as c
 
+R = c.KERNEL_RANK
 
-def _kernels():
-    from fastnmf._kernels import factor, sparse
-    return sparse, factor
+# kernel -> description of one call's work (flops, bytes), for the docs and the reader
+WORK = {
+    "csr_times_dense": "out = X @ Ht: 2 nnz r flops; nnz (s + i) + m r s + n r s bytes",
+    "csr_times_dense_T": "out = X^T @ W (CSR of X^T): 2 nnz r flops; nnz (s + i) + m r s + n r s",
+    "csr_kl_numerator": "(X / WH) @ Ht at the nonzeros: nnz (4 r + 1) flops; "
+                        "nnz (s + i) + 2 m r s + n r s bytes",
+    "csr_kl_loss_rows": "KL loss per row over the nonzeros: 2 nnz r flops; "
+                        "nnz (s + i) + m r s + n r s + 8 m bytes",
+    "csr_beta_all_entries": "beta = 1.5 MU terms over all m n entries: 6 m n r flops; "
+                            "nnz (s + i) + 3 m r s + n r s bytes",
+    "csr_beta_all_entries_loss": "beta = 1.5 loss over all m n entries: 2 m n r flops; "
+                                 "nnz (s + i) + m r s + n r s + 8 m bytes",
+    "dense_times": "out = X @ Ht by row blocks: 2 m n r flops; m n s + m r s + n r s bytes",
+    "dense_times_T": "out = X^T @ W (C copy of X^T): 2 m n r flops; m n s + m r s + n r s",
+    "dense_beta_kl": "KL MU numerator, WH per block: 4 m n r flops; m n s + 2 m r s + n r s",
+    "dense_beta_is": "IS (beta = 0) MU terms: 6 m n r flops; m n s + 3 m r s + n r s bytes",
+    "dense_beta_1.5": "beta = 1.5 MU terms: 6 m n r flops; m n s + 3 m r s + n r s bytes",
+    "dense_beta_loss": "KL loss rows, WH per block: 2 m n r flops; m n s + m r s + n r s + 8 m",
+    "mu_apply": "F *= num / den over m x r: 4 m r flops; 4 m r s bytes",
+    "hals_sweeps": "3 HALS sweeps over the rows of F (m x r): 3 m (2 r^2 + 4 r) flops; "
+                   "3 m r s + r^2 s bytes",
+}
+
+
+def _kernel_module(name):
+    """fastnmf._kernels.<name>; NotImplementedError (asv: skipped) if this commit lacks it."""
+    import importlib
+    try:
+        return importlib.import_module(f"fastnmf._kernels.{name}")
+    except ImportError as exc:
+        raise c.missing(f"fastnmf._kernels.{name}: {exc}") from None
+
+
+def _kernel(module, name):
+    func = getattr(_kernel_module(module), name, None)
+    if func is None:
+        raise c.missing(f"fastnmf._kernels.{module}.{name} not in this commit")
+    return func
 
 
 def _eps(dtype, beta):
-    from fastnmf._data import wh_guard
-    return wh_guard(np.dtype(dtype), beta)
+    try:
+        from fastnmf._data import wh_guard
+        return wh_guard(np.dtype(dtype), beta)
+    except ImportError:
+        tiny = float(np.finfo(dtype).tiny)
+        return np.dtype(dtype).type(tiny ** (0.5 / max(1.0, 2.0 - beta)))
 
 
-class _CsrBase:
-    params = [list(c.DTYPES), list(c.SIZES)]
-    param_names = ["dtype", "size"]
-    sizes = c.CSR_SIZES
+def _dense_blocks(X):
+    """Rows per task of dense_times and of dense_beta_blocks for X, as fastnmf's DenseOperator
+    picks them (read from the operator, so the benchmark follows the package: d11ded9 had one
+    ``_block`` for both, c76a3a8 added ``_beta_block``); 64 rows if it exposes neither."""
+    try:
+        from fastnmf._data import DenseOperator
+        op = DenseOperator(X)
+    except Exception:
+        return 64, 64
+    block = getattr(op, "_block", {}).get("W", 64)
+    beta_block = getattr(op, "_beta_block", {}).get("W", block)
+    return int(block), int(beta_block)
 
-    def _setup_csr(self, dtype, size):
+
+class _KernelBench:
+    """Shared machinery: ``_build`` returns (call, flops, bytes) for one parameter set."""
+    param_names = ["kernel", "dtype", "size"]
+    timeout = 300
+
+    def setup(self, kernel, dtype, size):
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        m, n, nnz, r = self.sizes[size]
-        self.X = c.random_csr(m, n, nnz, dtype)
-        self.XT = c.transposed_csr(self.X)
-        self.W = c.positive_factor(m, r, dtype, seed=1)
-        self.Ht = c.positive_factor(n, r, dtype, seed=2)
-        self.T = np.dtype(dtype).type
+        self._limits = None
+        self.call, self.flops, self.nbytes = self._build(kernel, dtype, size)
+        self.call()                       # compile / load from the on-disk cache: not timed
+
+    def teardown(self, kernel, dtype, size):
+        if self._limits is not None:
+            self._limits.restore_original_limits()
+
+    def time_kernel(self, kernel, dtype, size):
+        self.call()
+
+    def track_gflops(self, kernel, dtype, size):
+        return self.flops / c.median_seconds(self.call) / 1e9
+    track_gflops.unit = "GFLOP/s"
+
+    def track_gbs(self, kernel, dtype, size):
+        return self.nbytes / c.median_seconds(self.call) / 1e9
+    track_gbs.unit = "GB/s"
 
 
-class TimeCsrProduct(_CsrBase):
-    """X @ Ht (side W) and X.T @ W through the transposed CSR copy (side H): O(nnz r)."""
+@c.with_attrs(c.KERNEL_ATTRS)
+class SparseKernels(_KernelBench):
+    """fastnmf._kernels.sparse on power-law CSR count matrices (_common.SPARSE_SIZES; the
+    all-entries kernel on _common.ALL_ENTRIES_SIZES), r = KERNEL_RANK."""
+    params = [["csr_times_dense", "csr_times_dense_T", "csr_kl_numerator", "csr_kl_loss_rows",
+               "csr_beta_all_entries", "csr_beta_all_entries_loss"],
+              list(c.DTYPES), list(c.KERNEL_SIZES)]
 
-    def setup(self, dtype, size):
-        self._setup_csr(dtype, size)
-        self.ks = _kernels()[0]
-        self.out_W = np.empty_like(self.W)
-        self.out_H = np.empty_like(self.Ht)
-        self.time_x_times_ht(dtype, size)
-        self.time_xt_times_w(dtype, size)
-
-    def time_x_times_ht(self, dtype, size):
-        X = self.X
-        self.ks.csr_times_dense(X.indptr, X.indices, X.data, self.Ht, self.out_W)
-
-    def time_xt_times_w(self, dtype, size):
-        XT = self.XT
-        self.ks.csr_times_dense(XT.indptr, XT.indices, XT.data, self.W, self.out_H)
-
-
-class TimeCsrKlNumerator(_CsrBase):
-    """The fused KL MU numerator (X / WH at the nonzeros) @ Ht: O(nnz r), no temporary."""
-
-    def setup(self, dtype, size):
-        self._setup_csr(dtype, size)
-        self.ks = _kernels()[0]
-        self.eps = _eps(dtype, 1.0)
-        self.out_W = np.empty_like(self.W)
-        self.out_H = np.empty_like(self.Ht)
-        self.rows = np.empty(self.X.shape[0], dtype=np.float64)
-        self.time_side_w(dtype, size)
-        self.time_side_h(dtype, size)
-        self.time_kl_loss_rows(dtype, size)
-
-    def time_side_w(self, dtype, size):
-        X = self.X
-        self.ks.csr_kl_numerator(X.indptr, X.indices, X.data, self.W, self.Ht, self.eps,
-                                 self.out_W)
-
-    def time_side_h(self, dtype, size):
-        XT = self.XT
-        self.ks.csr_kl_numerator(XT.indptr, XT.indices, XT.data, self.Ht, self.W, self.eps,
-                                 self.out_H)
-
-    def time_kl_loss_rows(self, dtype, size):
-        X = self.X
-        self.ks.csr_kl_loss_rows(X.indptr, X.indices, X.data, self.W, self.Ht, self.eps,
-                                 self.rows)
-
-
-class TimeCsrBetaAllEntries(_CsrBase):
-    """General beta (here 1.5) on CSR: one pass over all m x n entries, O(m n r)."""
-    sizes = c.ALL_ENTRIES_SIZES
-
-    def setup(self, dtype, size):
-        self._setup_csr(dtype, size)
-        self.ks = _kernels()[0]
-        self.beta = self.T(1.5)
-        self.eps = _eps(dtype, 1.5)
-        self.num = np.empty_like(self.W)
-        self.den = np.empty_like(self.W)
-        self.rows = np.empty(self.X.shape[0], dtype=np.float64)
-        self.time_terms(dtype, size)
-        self.time_loss(dtype, size)
-
-    def time_terms(self, dtype, size):
-        X = self.X
-        self.ks.csr_beta_all_entries(X.indptr, X.indices, X.data, self.W, self.Ht, self.beta,
-                                     self.eps, self.num, self.den, self.rows, True, False)
-
-    def time_loss(self, dtype, size):
-        X = self.X
-        self.ks.csr_beta_all_entries(X.indptr, X.indices, X.data, self.W, self.Ht, self.beta,
-                                     self.eps, self.W, self.W, self.rows, False, True)
+    def _build(self, kernel, dtype, size):
+        all_entries = kernel.startswith("csr_beta_all_entries")
+        m, n, nnz = (c.ALL_ENTRIES_SIZES if all_entries else c.SPARSE_SIZES)[size]
+        X = c.sparse_counts(m, n, nnz, dtype)
+        W = c.positive_factor(m, R, dtype, seed=1)
+        Ht = c.positive_factor(n, R, dtype, seed=2)
+        T = np.dtype(dtype).type
+        s, nz = np.dtype(dtype).itemsize, X.nnz
+        base = nz * (s + X.indices.itemsize) + (m + 1) * X.indptr.itemsize
+        factors = (m + n) * R * s
+        rows = np.empty(m, dtype=np.float64)
+        if kernel == "csr_times_dense":
+            f, out = _kernel("sparse", "csr_times_dense"), np.empty_like(W)
+            return (lambda: f(X.indptr, X.indices, X.data, Ht, out),
+                    2 * nz * R, base + factors)
+        if kernel == "csr_times_dense_T":
+            XT = X.T.tocsr()
+            XT.sort_indices()
+            f, out = _kernel("sparse", "csr_times_dense"), np.empty_like(Ht)
+            return (lambda: f(XT.indptr, XT.indices, XT.data, W, out),
+                    2 * nz * R, nz * (s + XT.indices.itemsize) + (n + 1) * XT.indptr.itemsize
+                    + factors)
+        if kernel == "csr_kl_numerator":
+            f, out, eps = _kernel("sparse", "csr_kl_numerator"), np.empty_like(W), _eps(dtype, 1.0)
+            return (lambda: f(X.indptr, X.indices, X.data, W, Ht, eps, out),
+                    nz * (4 * R + 1), base + factors + m * R * s)
+        if kernel == "csr_kl_loss_rows":
+            f, eps = _kernel("sparse", "csr_kl_loss_rows"), _eps(dtype, 1.0)
+            return (lambda: f(X.indptr, X.indices, X.data, W, Ht, eps, rows),
+                    2 * nz * R, base + factors + 8 * m)
+        f = _kernel("sparse", "csr_beta_all_entries")
+        beta, eps = T(1.5), _eps(dtype, 1.5)
+        if kernel == "csr_beta_all_entries":
+            num, den = np.empty_like(W), np.empty_like(W)
+            return (lambda: f(X.indptr, X.indices, X.data, W, Ht, beta, eps, num, den, rows,
+                              True, False),
+                    6 * m * n * R, base + factors + 2 * m * R * s)
+        return (lambda: f(X.indptr, X.indices, X.data, W, Ht, beta, eps, W, W, rows,
+                          False, True),
+                2 * m * n * R, base + factors + 8 * m)
 
 
-class _FactorBase:
-    params = [list(c.DTYPES), list(c.SIZES)]
-    param_names = ["dtype", "size"]
+@c.with_attrs(c.KERNEL_ATTRS)
+class DenseKernels(_KernelBench):
+    """fastnmf._kernels.dense on image-like matrices (_common.DENSE_SIZES; IS on the strictly
+    positive variant), r = KERNEL_RANK, row blocks as DenseOperator picks them."""
+    params = [["dense_times", "dense_times_T", "dense_beta_kl", "dense_beta_is",
+               "dense_beta_1.5", "dense_beta_loss"],
+              list(c.DTYPES), list(c.KERNEL_SIZES)]
 
-    def _setup_factor(self, dtype, size):
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        m, r = c.FACTOR_SIZES[size]
-        self.T = np.dtype(dtype).type
-        self.F0 = c.positive_factor(m, r, dtype, seed=3)
-        self.F = self.F0.copy()
-        return m, r
+    def _build(self, kernel, dtype, size):
+        m, n = c.DENSE_SIZES[size]
+        X = c.dense_images(m, n, dtype, positive=(kernel == "dense_beta_is"))
+        W = c.positive_factor(m, R, dtype, seed=1)
+        Ht = c.positive_factor(n, R, dtype, seed=2)
+        T = np.dtype(dtype).type
+        s = np.dtype(dtype).itemsize
+        base = m * n * s + (m + n) * R * s
+        block, beta_block = _dense_blocks(X)
+        # BLAS inside the Numba blocks runs single-threaded, as during a fit. Numba's np.dot
+        # calls SciPy's own OpenBLAS, and threadpoolctl limits only libraries already loaded:
+        # load it first (fastnmf does the same since e6e7a87; older commits did not).
+        import scipy.linalg.cython_blas  # noqa: F401
+        from threadpoolctl import threadpool_limits
+        self._limits = threadpool_limits(limits=1)
+        if kernel in ("dense_times", "dense_times_T"):
+            f = _kernel("dense", "dense_times")
+            if kernel == "dense_times":
+                out = np.empty_like(W)
+                return lambda: f(X, Ht, out, block), 2 * m * n * R, base
+            XT = np.ascontiguousarray(X.T)
+            block_t = _dense_blocks(XT)[0]
+            out = np.empty_like(Ht)
+            return lambda: f(XT, W, out, block_t), 2 * m * n * R, base
+        f = _kernel("dense", "dense_beta_blocks")
+        rows = np.empty(m, dtype=np.float64)
+        num, den = np.empty_like(W), np.empty_like(W)
+        if kernel == "dense_beta_loss":
+            eps = _eps(dtype, 1.0)
+            return (lambda: f(X, W, Ht, T(1.0), eps, W, W, rows, False, True, beta_block),
+                    2 * m * n * R, base + 8 * m)
+        beta = {"dense_beta_kl": 1.0, "dense_beta_is": 0.0, "dense_beta_1.5": 1.5}[kernel]
+        eps = _eps(dtype, beta)
+        flops = (4 if beta == 1.0 else 6) * m * n * R
+        outs = (1 if beta == 1.0 else 2) * m * R * s
+        return (lambda: f(X, W, Ht, T(beta), eps, num, den, rows, True, False, beta_block),
+                flops, base + outs)
 
 
-class TimeMuApply(_FactorBase):
-    """F <- F * (num / den) ** gamma over an m x r factor (num == den: F stays bounded)."""
-
-    def setup(self, dtype, size):
-        m, r = self._setup_factor(dtype, size)
-        self.kf = _kernels()[1]
-        self.den = c.positive_factor(m, r, dtype, seed=4)
-        self.num = self.den.copy()
-        self.tiny = self.T(np.sqrt(np.finfo(dtype).tiny))
-        self.zero = self.T(0)
-        self.time_gamma_1(dtype, size)
-        self.time_gamma_half(dtype, size)
-
-    def time_gamma_1(self, dtype, size):
-        self.kf.mu_apply(self.F, self.num, self.den, self.zero, self.zero, self.T(1.0),
-                         self.tiny)
-
-    def time_gamma_half(self, dtype, size):
-        self.kf.mu_apply(self.F, self.num, self.den, self.zero, self.zero, self.T(0.5),
-                         self.tiny)
-
-
-class TimeHalsSweeps(_FactorBase):
-    """Three HALS sweeps over the rows of an m x r factor (reset to the same start first, so
-    every call does the same work; the reset is an m x r copy, small next to 3 m r^2)."""
+@c.with_attrs(c.KERNEL_ATTRS)
+class FactorKernels(_KernelBench):
+    """fastnmf._kernels.factor on an m x r factor, m = the rows of the sparse size."""
+    params = [["mu_apply", "hals_sweeps"], list(c.DTYPES), list(c.KERNEL_SIZES)]
     sweeps = 3
 
-    def setup(self, dtype, size):
-        m, r = self._setup_factor(dtype, size)
-        self.kf = _kernels()[1]
-        G = c.positive_factor(4 * r, r, dtype, seed=5)
-        self.Q = np.ascontiguousarray(G.T @ G)
-        # P chosen so the optimum is interior-ish: P = F* Q for a random F*
-        self.P = np.ascontiguousarray(c.positive_factor(m, r, dtype, seed=6) @ self.Q)
-        self.l1 = self.T(0)
-        self.delta_sq = self.T(0)   # never stop early: fixed work
-        self.time_sweeps(dtype, size)
+    def _build(self, kernel, dtype, size):
+        m = c.SPARSE_SIZES[size][0]
+        T = np.dtype(dtype).type
+        s = np.dtype(dtype).itemsize
+        F0 = c.positive_factor(m, R, dtype, seed=3)
+        F = F0.copy()
+        if kernel == "mu_apply":
+            f = _kernel("factor", "mu_apply")
+            den = c.positive_factor(m, R, dtype, seed=4)
+            num = den.copy()              # ratio 1: F stays bounded over any number of calls
+            tiny, zero, one = T(np.sqrt(np.finfo(dtype).tiny)), T(0), T(1)
+            return lambda: f(F, num, den, zero, zero, one, tiny), 4 * m * R, 4 * m * R * s
+        f = _kernel("factor", "hals_sweeps")
+        G = c.positive_factor(4 * R, R, dtype, seed=5)
+        Q = np.ascontiguousarray(G.T @ G)
+        P = np.ascontiguousarray(c.positive_factor(m, R, dtype, seed=6) @ Q)
+        zero, sweeps = T(0), self.sweeps
 
-    def time_sweeps(self, dtype, size):
-        np.copyto(self.F, self.F0)
-        self.kf.hals_sweeps(self.F, self.P, self.Q, self.l1, self.sweeps, self.delta_sq)
+        def call():                       # same start every call: fixed work (the m x r
+            np.copyto(F, F0)              # copy is small next to 3 sweeps of 2 m r^2)
+            f(F, P, Q, zero, sweeps, zero)    # delta_sq = 0: never stops early
+        return (call, sweeps * m * (2 * R * R + 4 * R),
+                sweeps * m * R * s + R * R * s)
