@@ -34,7 +34,7 @@ KERNEL_CASES = ([(bk.SparseKernels, k) for k in bk.SparseKernels.params[0]]
 def test_kernel(benchmark, cls, kernel, dtype):
     bench = cls()
     try:
-        bench.setup(kernel, dtype, SIZE)         # builds the call and runs it once
+        bench.setup(None, kernel, dtype, SIZE)   # builds the call and runs it once
     except NotImplementedError as exc:           # a kernel this checkout does not have
         pytest.skip(str(exc))
     try:
@@ -45,7 +45,7 @@ def test_kernel(benchmark, cls, kernel, dtype):
             benchmark.extra_info.update(gflops=bench.flops / seconds / 1e9,
                                         gbs=bench.nbytes / seconds / 1e9)
     finally:
-        bench.teardown(kernel, dtype, SIZE)
+        bench.teardown(None, kernel, dtype, SIZE)
 
 
 @parametrize("storage", c.STORAGES)
