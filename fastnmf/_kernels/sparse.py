@@ -1,53 +1,114 @@
 """CSR kernels: sparse-dense products and the fused beta-divergence terms.
 
-Threading contract (every kernel here): the outer ``prange`` runs over rows ``i`` of the CSR
-matrix; iteration ``i`` reads shared inputs and writes only row ``i`` of its outputs (and
-``loss_rows[i]``), so there is no race and each row is computed by exactly one thread in a
-fixed order: results do not depend on the thread count. ``W.T @ X`` is computed by the same
-kernels on the CSR copy of ``X.T`` (never by scattering into shared rows).
+Threading contract (every kernel here): the outer ``prange`` runs over contiguous ranges of
+rows of the CSR matrix (``row_chunks``: about equal nonzeros + rows each, so power-law rows
+do not leave a thread idle); a range's iteration reads shared inputs and writes only its own
+rows of the outputs (and of ``loss_rows``), so there is no race and each row is computed by
+exactly one thread in a fixed order: results do not depend on the thread count or on the
+chunking. ``W.T @ X`` is computed by the same kernels on the CSR copy of ``X.T`` (never by
+scattering into shared rows: measured slower, see docs/performance.md).
 
 Shapes: ``indptr`` (m+1,), ``indices``/``data`` (nnz,), ``F`` (m, r), ``G`` (n, r) with
 ``F @ G.T`` the model of the m x n matrix. ``data``, ``F``, ``G`` and the outputs share one
 float dtype; scalars ``eps``/exponents are passed in that dtype so float32 never widens.
 """
+import numpy as np
 from numba import prange
 
-from .._jit import parallel_kernel
+from .._jit import inline_helper, parallel_kernel
 from ._scalar import beta_divergence_entry
+
+N_CHUNKS = 256  # row ranges per call; static scheduling hands each thread ~N_CHUNKS/threads
+
+
+@inline_helper
+def row_chunks(indptr, n_chunks):
+    """Boundaries (k+1,) of k <= n_chunks contiguous row ranges with about equal weight
+    nnz(row) + 1 each (the + 1 keeps long runs of empty rows from piling onto one range)."""
+    m = indptr.shape[0] - 1
+    k = max(1, min(n_chunks, m))
+    bounds = np.empty(k + 1, dtype=np.int64)
+    total = np.int64(indptr[m]) + m
+    bounds[0] = 0
+    lo = 0
+    for c in range(1, k):
+        target = total * c // k
+        hi = m
+        while lo < hi:  # first row i with indptr[i] + i >= target
+            mid = (lo + hi) // 2
+            if np.int64(indptr[mid]) + mid < target:
+                lo = mid + 1
+            else:
+                hi = mid
+        bounds[c] = lo
+    bounds[k] = m
+    return bounds
 
 
 @parallel_kernel
 def csr_times_dense(indptr, indices, data, B, out):
     """out = A @ B for CSR A (m x n) and dense B (n x r)."""
-    m, r = out.shape
-    for i in prange(m):
-        for k in range(r):
-            out[i, k] = 0
-        for p in range(indptr[i], indptr[i + 1]):
-            j = indices[p]
-            x = data[p]
+    r = out.shape[1]
+    bounds = row_chunks(indptr, N_CHUNKS)
+    for c in prange(bounds.shape[0] - 1):
+        for i in range(bounds[c], bounds[c + 1]):
             for k in range(r):
-                out[i, k] += x * B[j, k]
+                out[i, k] = 0
+            for p in range(indptr[i], indptr[i + 1]):
+                j = indices[p]
+                x = data[p]
+                for k in range(r):
+                    out[i, k] += x * B[j, k]
 
 
 @parallel_kernel
 def csr_kl_numerator(indptr, indices, data, F, G, eps, out):
-    """out[i] = sum over nonzeros j of x_ij / max(F_i . G_j, eps) * G_j  (the KL MU numerator)."""
-    m, r = out.shape
+    """out[i] = sum over nonzeros j of x_ij / max(F_i . G_j, eps) * G_j  (the KL MU numerator).
+
+    Four nonzeros at a time: their dot products are independent chains the CPU overlaps, and
+    out[i] is read and written once per four (1.3-1.7x faster than one at a time). Each
+    nonzero's value is the same; only the order of the additions into out[i] differs.
+    """
+    r = out.shape[1]
     zero = eps - eps
-    for i in prange(m):
-        for k in range(r):
-            out[i, k] = zero
-        for p in range(indptr[i], indptr[i + 1]):
-            j = indices[p]
-            wh = zero
+    bounds = row_chunks(indptr, N_CHUNKS)
+    for c in prange(bounds.shape[0] - 1):
+        for i in range(bounds[c], bounds[c + 1]):
             for k in range(r):
-                wh += F[i, k] * G[j, k]
-            if wh < eps:
-                wh = eps
-            v = data[p] / wh
-            for k in range(r):
-                out[i, k] += v * G[j, k]
+                out[i, k] = zero
+            p = indptr[i]
+            end = indptr[i + 1]
+            while p + 3 < end:
+                j0 = indices[p]
+                j1 = indices[p + 1]
+                j2 = indices[p + 2]
+                j3 = indices[p + 3]
+                a0 = zero
+                a1 = zero
+                a2 = zero
+                a3 = zero
+                for k in range(r):
+                    f = F[i, k]
+                    a0 += f * G[j0, k]
+                    a1 += f * G[j1, k]
+                    a2 += f * G[j2, k]
+                    a3 += f * G[j3, k]
+                v0 = data[p] / (a0 if a0 > eps else eps)
+                v1 = data[p + 1] / (a1 if a1 > eps else eps)
+                v2 = data[p + 2] / (a2 if a2 > eps else eps)
+                v3 = data[p + 3] / (a3 if a3 > eps else eps)
+                for k in range(r):
+                    out[i, k] += (v0 * G[j0, k] + v1 * G[j1, k]) + (v2 * G[j2, k] + v3 * G[j3, k])
+                p += 4
+            while p < end:
+                j = indices[p]
+                wh = zero
+                for k in range(r):
+                    wh += F[i, k] * G[j, k]
+                v = data[p] / (wh if wh > eps else eps)
+                for k in range(r):
+                    out[i, k] += v * G[j, k]
+                p += 1
 
 
 @parallel_kernel
@@ -56,23 +117,24 @@ def csr_kl_loss_rows(indptr, indices, data, F, G, eps, loss_rows):
 
     The sum over all entries of WH is added by the caller from column sums.
     """
-    m = loss_rows.shape[0]
     r = F.shape[1]
     zero = eps - eps
-    for i in prange(m):
-        acc = 0.0
-        for p in range(indptr[i], indptr[i + 1]):
-            j = indices[p]
-            x = data[p]
-            if x == 0:
-                continue
-            wh = zero
-            for k in range(r):
-                wh += F[i, k] * G[j, k]
-            if wh < eps:
-                wh = eps
-            acc += beta_divergence_entry(x, wh, 1.0) - float(wh)
-        loss_rows[i] = acc
+    bounds = row_chunks(indptr, N_CHUNKS)
+    for c in prange(bounds.shape[0] - 1):
+        for i in range(bounds[c], bounds[c + 1]):
+            acc = 0.0
+            for p in range(indptr[i], indptr[i + 1]):
+                j = indices[p]
+                x = data[p]
+                if x == 0:
+                    continue
+                wh = zero
+                for k in range(r):
+                    wh += F[i, k] * G[j, k]
+                if wh < eps:
+                    wh = eps
+                acc += beta_divergence_entry(x, wh, 1.0) - float(wh)
+            loss_rows[i] = acc
 
 
 @parallel_kernel
@@ -86,12 +148,11 @@ def csr_beta_all_entries(indptr, indices, data, F, G, beta, eps, num, den, loss_
     Requires sorted, duplicate-free column indices. Costs O(n r) per row: the denominator of
     a beta not in {1, 2} has no closed form over the zeros of X.
     """
-    m = F.shape[0]
     n, r = G.shape
     zero = eps - eps
     one = zero + 1
     bm1 = beta - one
-    for i in prange(m):
+    for i in prange(F.shape[0]):  # every row costs O(n r): equal rows are balanced chunks
         if want_terms:
             for k in range(r):
                 num[i, k] = zero
