@@ -6,7 +6,8 @@ Three classes, one per kernel module, each parameterized over kernel x dtype x s
   KL numerator and KL loss rows, the general-beta all-entries kernel (beta = 1.5: terms, loss);
 * ``DenseKernels``: ``dense_times`` (X Ht, X^T W on the C-contiguous copy of X^T) and the
   fused ``dense_beta_blocks`` (MU terms for KL, IS and beta = 1.5; the KL loss rows alone);
-* ``FactorKernels``: ``mu_apply`` (gamma 1) and ``hals_sweeps`` (3 sweeps, fixed work).
+* ``FactorKernels``: ``mu_apply`` (gamma 1), ``mu_apply_gram`` (the Frobenius step with its
+  denominator made in the kernel) and ``hals_sweeps`` (3 sweeps, fixed work).
 
 Each class has three benchmarks over the same parameters:
 
@@ -51,6 +52,8 @@ WORK = {
     "dense_beta_1.5": "beta = 1.5 MU terms: 6 m n r flops; m n s + 3 m r s + n r s bytes",
     "dense_beta_loss": "KL loss rows, WH per block: 2 m n r flops; m n s + m r s + n r s + 8 m",
     "mu_apply": "F *= num / den over m x r: 4 m r flops; 4 m r s bytes",
+    "mu_apply_gram": "Frobenius MU step, den = F @ gram per 64-row block: 2 m r^2 + 5 m r flops; "
+                     "3 m r s + r^2 s bytes",
     "hals_sweeps": "3 HALS sweeps over the rows of F (m x r): 3 m (2 r^2 + 4 r) flops; "
                    "3 m r s + r^2 s bytes",
 }
@@ -260,7 +263,8 @@ class DenseKernels(_KernelBench):
 @c.with_attrs(c.KERNEL_ATTRS)
 class FactorKernels(_KernelBench):
     """fastnmf._kernels.factor on an m x r factor, m = the rows of the sparse size."""
-    params = [["mu_apply", "hals_sweeps"], list(c.DTYPES), list(c.KERNEL_SIZES)]
+    params = [["mu_apply", "mu_apply_gram", "hals_sweeps"], list(c.DTYPES),
+              list(c.KERNEL_SIZES)]
     sweeps = 3
 
     def setup_cache(self):
@@ -279,6 +283,14 @@ class FactorKernels(_KernelBench):
             num = den.copy()              # ratio 1: F stays bounded over any number of calls
             tiny, zero, one = T(np.sqrt(np.finfo(dtype).tiny)), T(0), T(1)
             return lambda: f(F, num, den, zero, zero, one, tiny), 4 * m * R, 4 * m * R * s
+        if kernel == "mu_apply_gram":
+            f = _kernel("factor", "mu_apply_gram")
+            G = c.positive_factor(4 * R, R, dtype, seed=5)
+            gram = np.ascontiguousarray(G.T @ G)
+            num = np.ascontiguousarray(F0 @ gram)   # ratio ~1: F stays bounded
+            tiny, zero, one = T(np.sqrt(np.finfo(dtype).tiny)), T(0), T(1)
+            return (lambda: f(F, num, gram, zero, zero, one, tiny),
+                    2 * m * R * R + 5 * m * R, 3 * m * R * s + R * R * s)
         f = _kernel("factor", "hals_sweeps")
         G = c.positive_factor(4 * R, R, dtype, seed=5)
         Q = np.ascontiguousarray(G.T @ G)

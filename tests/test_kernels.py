@@ -360,6 +360,30 @@ def test_mu_apply(dtype, l1, l2, gamma, threads):
     assert F[7, 3] == 0
 
 
+@pytest.mark.parametrize("gamma", [1.0, 0.5])
+@pytest.mark.parametrize("l1,l2", [(0.0, 0.0), (0.7, 1.3)])
+@pytest.mark.parametrize("rows", [1, 63, 64, 65, M])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_mu_apply_gram(dtype, rows, l1, l2, gamma, threads):
+    """The Frobenius step with den = F @ gram made inside the kernel equals the reference step
+    given den from NumPy; row counts around the kernel's 64-row blocks."""
+    T = np.dtype(dtype).type
+    rng = np.random.default_rng(4)
+    F = rng.uniform(0.1, 2.0, (rows, R)).astype(dtype)
+    G = rng.uniform(0.0, 1.0, (9, R))
+    gram = (G.T @ G).astype(dtype)
+    num = rng.uniform(0.0, 5.0, (rows, R)).astype(dtype)
+    tiny = T(1e-6)
+    F[0, :] = 0                      # den = l1 (0 without penalty: the floor decides)
+    F[-1, 3] = 0                     # a zero stays zero
+    den = F.astype(np.float64) @ gram.astype(np.float64)
+    expected = ref.mu_factor_step(F, num, den, l1, l2, gamma, float(tiny))
+    kf.mu_apply_gram(F, num, gram, T(l1), T(l2), T(gamma), tiny)
+    assert F.dtype == dtype
+    assert_close(F, expected, RTOL[dtype], "mu_apply_gram")
+    assert F[-1, 3] == 0
+
+
 @pytest.mark.parametrize("max_sweeps,delta", [(1, 0.0), (3, 0.1), (50, 0.1), (50, 0.0)])
 @pytest.mark.parametrize("l1,l2", [(0.0, 0.0), (0.8, 0.0), (0.0, 2.0), (0.8, 2.0)])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -703,6 +727,9 @@ def _run_csr_everything(dtype, idx_dtype):
     kf.mu_apply(F, results[0], results[1], T(0.3), T(0.2), T(0.5), T(1e-6))
     results.append(F)
     F = W.copy()
+    kf.mu_apply_gram(F, results[0], Ht.T @ Ht, T(0.3), T(0.2), T(0.5), T(1e-6))
+    results.append(F)
+    F = W.copy()
     Q = Ht.T @ Ht
     kf.hals_sweeps(F, results[0], Q, T(0.1), 5, T(0.01))
     results.append(F)
@@ -757,6 +784,7 @@ KERNELS = {
     "dense_times": kd.dense_times,
     "dense_beta_blocks": kd.dense_beta_blocks,
     "mu_apply": kf.mu_apply,
+    "mu_apply_gram": kf.mu_apply_gram,
     "hals_sweeps": kf.hals_sweeps,
 }
 

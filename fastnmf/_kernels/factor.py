@@ -27,6 +27,37 @@ def mu_apply(F, num, den, l1, l2, gamma, tiny):
             F[i, k] = f * ratio
 
 
+MU_BLOCK = 64  # rows per task of mu_apply_gram: one small GEMM each
+
+
+@parallel_kernel
+def mu_apply_gram(F, num, gram, l1, l2, gamma, tiny):
+    """The Frobenius MU step with its denominator made per block: den_b = F_b @ gram
+    (gram = G^T G, r x r), then F_i <- F_i * (num_i / max(den_i + l1 + l2 F_i, tiny)) ** gamma.
+
+    Same step as ``mu_apply(F, num, F @ gram, ...)`` without the m x r ``den`` array, and with
+    the r^2 flops per row spread over the threads (one single-threaded GEMM with r columns
+    over all of F took 3.7 ms for 50,000 x 20 here; 64-row GEMMs in parallel plus the update:
+    1.8 ms). A block reads and writes only its own rows of F: ``prange`` over blocks.
+    """
+    m, r = F.shape
+    one = tiny - tiny + 1
+    for b in prange((m + MU_BLOCK - 1) // MU_BLOCK):
+        s = b * MU_BLOCK
+        e = min(m, s + MU_BLOCK)
+        den = np.dot(F[s:e], gram)
+        for i in range(s, e):
+            for k in range(r):
+                f = F[i, k]
+                d = den[i - s, k] + l1 + l2 * f
+                if d < tiny:
+                    d = tiny
+                ratio = num[i, k] / d
+                if gamma != one:
+                    ratio = ratio**gamma
+                F[i, k] = f * ratio
+
+
 ROW_GROUP = 8  # rows swept together: their dependency chains overlap in the CPU
 
 

@@ -9,7 +9,7 @@ For beta = 2: num = A G and den = F (G^T G); for beta = 1: den = 1^T G (column s
 """
 import numpy as np
 
-from .._kernels.factor import mu_apply
+from .._kernels.factor import mu_apply, mu_apply_gram
 from .._validation import mu_exponent
 from ._base import Solver
 
@@ -24,20 +24,20 @@ class MU(Solver):
         self.tiny = T(np.sqrt(np.finfo(self.dtype).tiny))
         r = W.shape[1]
         self._num = {"W": np.empty_like(W), "H": np.empty_like(Ht)}
-        self._den = {"W": np.empty_like(W), "H": np.empty_like(Ht)}
+        self._den = {} if beta == 2 else {"W": np.empty_like(W), "H": np.empty_like(Ht)}
         self._gram = np.empty((r, r), dtype=self.dtype)
 
     def _update(self, side):
         F, G = self.factors(side)
-        num, den = self._num[side], self._den[side]
+        num = self._num[side]
+        T = self.dtype.type
+        l1, l2 = T(self.penalty.l1[side]), T(self.penalty.l2[side])
         if self.beta == 2:
             self.op.product(side, G, num)
             np.matmul(G.T, G, out=self._gram)
-            np.matmul(F, self._gram, out=den)
-        else:
-            self.op.beta_terms(side, F, G, self.beta, num, den)
-        T = self.dtype.type
-        mu_apply(F, num, den, T(self.penalty.l1[side]), T(self.penalty.l2[side]),
-                 self.gamma, self.tiny)
-        if self.beta == 2:
+            mu_apply_gram(F, num, self._gram, l1, l2, self.gamma, self.tiny)
             self._remember_cross(F, num)
+        else:
+            den = self._den[side]
+            self.op.beta_terms(side, F, G, self.beta, num, den)
+            mu_apply(F, num, den, l1, l2, self.gamma, self.tiny)
