@@ -5,11 +5,15 @@ Run from the repository root:
     python benchmarks/compare_sklearn.py            # full size (a few minutes)
     python benchmarks/compare_sklearn.py --quick    # small problems (seconds)
     python benchmarks/compare_sklearn.py --json out.json
+    python benchmarks/compare_sklearn.py --problems sparse-large   # 300k x 50k, 5.5M nnz
+    python benchmarks/compare_sklearn.py --problems sparse --time-to-cd 100 --no-pairs
 
 Problems
 --------
 - sparse: ``make_sparse_counts(50_000, 20_000, 2_100_000, 20)`` (about 2.2M nonzeros), r = 20
 - dense:  ``make_dense_images(10_000, 784)`` (about half zeros), r = 30
+- sparse-large (not in the default set): ``make_sparse_counts(300_000, 50_000, 5_500_000, 32)``
+  (about 5.8M nonzeros), r = 32
 
 Pairs (same start, ``tol=0``, a fixed number of iterations)
 ------------------------------------------------------------
@@ -34,6 +38,11 @@ Method
 - Threads: fastnmf ``n_threads=2`` (it sets Numba and, through threadpoolctl, BLAS to 2 inside
   the call and restores them); sklearn runs with its defaults (BLAS pool as found, printed
   below; its CD sweep and scipy's sparse products are single-threaded).
+- ``--time-to-cd K``: sklearn ``cd`` runs K iterations (time T_cd, loss L); then fastnmf HALS
+  runs from the same start with its loss evaluated every iteration (that cost included) and a
+  callback that stops it at the first iteration whose loss is <= L. Reported: T_cd, fastnmf's
+  time and iterations to reach L, and T_cd / T_fastnmf (median over repeats).
+- ``--dtype float32``: X and the start in float32 for both libraries (default float64).
 - Final loss: computed here, in float64, by one formula independent of both libraries:
   Frobenius 0.5 ||X - WH||^2 through the Gram identity
   0.5 (||X||^2 - 2 <W, X H^T> + <W^T W, H H^T>); generalized KL as the sum over the nonzeros
@@ -82,7 +91,7 @@ PAIRS = [
 
 # -- problems ----------------------------------------------------------------------------------
 def problems(quick):
-    if quick:
+    if quick:  # the large problem has no quick variant: --quick runs sparse and dense only
         return [
             ("sparse", lambda: make_sparse_counts(5_000, 2_000, 100_000, 20), 20,
              dict(mu=20, hals=20, kl=10)),
@@ -94,6 +103,8 @@ def problems(quick):
          dict(mu=30, hals=30, kl=3)),
         ("dense", lambda: make_dense_images(10_000, 784, 30), 30,
          dict(mu=30, hals=30, kl=10)),
+        ("sparse-large", lambda: make_sparse_counts(300_000, 50_000, 5_500_000, 32), 32,
+         dict(mu=10, hals=10, kl=2)),
     ]
 
 
@@ -191,6 +202,31 @@ def warm_up():
     return time.perf_counter() - t
 
 
+def time_to_cd_loss(X, W0, H0, r, cd_iters, repeats):
+    """sklearn cd for ``cd_iters`` iterations, then fastnmf HALS until its loss is <= cd's."""
+    rows = []
+    for _ in range(repeats):
+        t_cd, Ws, Hs, _ = fit_sklearn(X, W0, H0, r, cd_iters,
+                                      dict(solver="cd", beta_loss="frobenius"))
+        target = frobenius_loss(X, Ws, Hs)
+        reached = {}
+
+        def stop(it, W, H, loss):
+            reached.update(it=it, loss=loss)
+            return loss <= target
+
+        t = time.perf_counter()
+        fastnmf.nmf(X, r, init="custom", W=W0.copy(), H=H0.copy(), tol=0,
+                    max_iter=10 * cd_iters, eval_every=1, n_threads=N_THREADS,
+                    solver="hals", beta_loss="frobenius", callback=stop)
+        t_f = time.perf_counter() - t
+        ok = reached.get("loss", np.inf) <= target
+        rows.append(dict(cd_seconds=t_cd, cd_loss=target, fast_seconds=t_f,
+                         fast_iters=reached.get("it"), fast_loss=reached.get("loss"),
+                         reached=bool(ok), ratio=t_cd / t_f if ok else float("nan")))
+    return rows
+
+
 def median(values):
     return float(statistics.median(values))
 
@@ -246,6 +282,11 @@ def main(argv=None):
                    help="override iteration counts, e.g. mu=30,hals=30,kl=3")
     p.add_argument("--threads", type=int, default=N_THREADS,
                    help=f"fastnmf's n_threads (default {N_THREADS})")
+    p.add_argument("--time-to-cd", type=int, default=0, metavar="K",
+                   help="also time fastnmf HALS to reach sklearn cd's loss after K iterations")
+    p.add_argument("--no-pairs", action="store_true",
+                   help="skip the per-iteration pairs (e.g. with --time-to-cd only)")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = p.parse_args(argv)
     N_THREADS = args.threads
@@ -274,13 +315,13 @@ def main(argv=None):
           f"{load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} (other processes slow down the "
           f"{N_THREADS}-thread parallel regions)\n")
 
-    results = []
+    results, time_to = [], []
     for name, build, r, iters in problems(args.quick):
         if name not in wanted:
             continue
         iters = {**iters, **overrides}
         t = time.perf_counter()
-        X = build()
+        X = build().astype(args.dtype)
         t_data = time.perf_counter() - t
         t = time.perf_counter()
         W0, H0 = make_start(X, r, args.init)
@@ -289,7 +330,18 @@ def main(argv=None):
                 + (f"nnz={X.nnz}" if sp.issparse(X) else f"zeros={np.mean(X == 0):.0%}")
                 + f" r={r}")
         print(f"{desc}: data {t_data:.1f} s, {args.init} start {t_init:.1f} s", flush=True)
-        for label, fkw, skw, key in PAIRS:
+        if args.time_to_cd:
+            ttc = time_to_cd_loss(X, W0, H0, r, args.time_to_cd, min(repeats, 3))
+            med = dict(problem=name, description=desc, cd_iters=args.time_to_cd, repeats=ttc,
+                       cd_seconds=median([x["cd_seconds"] for x in ttc]),
+                       fast_seconds=median([x["fast_seconds"] for x in ttc]),
+                       ratio=median([x["ratio"] for x in ttc]))
+            time_to.append(med)
+            print(f"  time to sklearn cd's loss after {args.time_to_cd} iterations "
+                  f"({ttc[0]['cd_loss']:.6g}): cd {med['cd_seconds']:.2f} s, fastnmf HALS "
+                  f"{med['fast_seconds']:.2f} s ({[x['fast_iters'] for x in ttc]} iterations, "
+                  f"loss evaluated every iteration), x{med['ratio']:.2f}", flush=True)
+        for label, fkw, skw, key in ([] if args.no_pairs else PAIRS):
             n_iter = iters[key]
             reps, (Wf, Hf, lf), (Ws, Hs, ls) = bench_pair(X, W0, H0, r, n_iter, fkw, skw,
                                                           repeats)
@@ -345,7 +397,8 @@ def main(argv=None):
         with open(args.json, "w") as fh:
             json.dump(dict(environment=env, quick=args.quick, init=args.init,
                            loadavg_start=list(load0), loadavg_end=list(os.getloadavg()),
-                           repeats=repeats, warmup_s=warm, total_s=total, results=results),
+                           repeats=repeats, warmup_s=warm, total_s=total, results=results,
+                           dtype=args.dtype, time_to_cd=time_to),
                       fh, indent=2)
         print(f"wrote {args.json}")
     return results
