@@ -51,6 +51,8 @@ WORK = {
     "dense_beta_is": "IS (beta = 0) MU terms: 6 m n r flops; m n s + 3 m r s + n r s bytes",
     "dense_beta_1.5": "beta = 1.5 MU terms: 6 m n r flops; m n s + 3 m r s + n r s bytes",
     "dense_beta_loss": "KL loss rows, WH per block: 2 m n r flops; m n s + m r s + n r s + 8 m",
+    "dense_cross64": "<W, X Ht> in float64 (Frobenius loss of float32 X): 2 m n r + 2 m r "
+                     "flops; m n s + 8 (m + n) r bytes",
     "mu_apply": "F *= num / den over m x r: 4 m r flops; 4 m r s bytes",
     "mu_apply_gram": "Frobenius MU step, den = F @ gram per 64-row block: 2 m r^2 + 5 m r flops; "
                      "3 m r s + r^2 s bytes",
@@ -214,7 +216,7 @@ class DenseKernels(_KernelBench):
     """fastnmf._kernels.dense on image-like matrices (_common.DENSE_SIZES; IS on the strictly
     positive variant), r = KERNEL_RANK, row blocks as DenseOperator picks them."""
     params = [["dense_times", "dense_times_T", "dense_beta_kl", "dense_beta_is",
-               "dense_beta_1.5", "dense_beta_loss"],
+               "dense_beta_1.5", "dense_beta_loss", "dense_cross64"],
               list(c.DTYPES), list(c.KERNEL_SIZES)]
 
     def setup_cache(self):
@@ -245,6 +247,12 @@ class DenseKernels(_KernelBench):
             block_t = _dense_blocks(XT)[0]
             out = np.empty_like(Ht)
             return lambda: f(XT, W, out, block_t), 2 * m * n * R, base
+        if kernel == "dense_cross64":
+            f = _kernel("dense", "dense_cross64")
+            W64, Ht64 = W.astype(np.float64), Ht.astype(np.float64)
+            partial = np.empty((m + block - 1) // block)
+            return (lambda: f(X, W64, Ht64, partial, block), 2 * m * n * R + 2 * m * R,
+                    m * n * s + 8 * (m + n) * R)
         f = _kernel("dense", "dense_beta_blocks")
         rows = np.empty(m, dtype=np.float64)
         num, den = np.empty_like(W), np.empty_like(W)

@@ -305,6 +305,22 @@ def test_dense_times(dtype, block, threads):
 
 
 @pytest.mark.parametrize("block", [1, 7, 64])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_dense_cross64(dtype, block, threads):
+    """partial[b] = <W_b, X_b Ht> in float64 for each block of rows: their sum is <W, X Ht>."""
+    X = make_X(dtype)
+    W = ref.f64(make_factor(M, dtype, 10))
+    Ht = ref.f64(make_factor(N, dtype, 11))
+    nb = (M + block - 1) // block
+    partial = np.full(nb, np.nan)
+    kd.dense_cross64(X, W, Ht, partial, block)
+    P = ref.f64(X) @ Ht
+    expected = [float((W[b * block:(b + 1) * block] * P[b * block:(b + 1) * block]).sum())
+                for b in range(nb)]
+    assert_close(partial, np.array(expected), 1e-12, f"cross block={block}")
+
+
+@pytest.mark.parametrize("block", [1, 7, 64])
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 1.5, 3.0])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_dense_beta_blocks_terms_and_loss(dtype, beta, block, threads):
@@ -471,6 +487,34 @@ def test_operator_loss(fmt, dtype, beta, threads):
     assert_scalar_close(op.loss(W2, Ht, beta),
                         ref.model_loss(Xin, W2, Ht, beta, eps=ref.wh_guard(dtype, beta)),
                         RTOL_LOSS[dtype], f"second loss beta={beta}")
+
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_float32_frobenius_loss_survives_cancellation(fmt, threads):
+    """A close fit to large values: the loss is ~1e-7 of ||X||^2, so the Gram identity
+    subtracts numbers 1e7 times larger than its result. The float32 operator must still
+    give the float64 loss of its (float32) data and factors, directly and through a solver
+    (whose Frobenius loss may reuse the product of its last update)."""
+    rng = np.random.default_rng(7)
+    W = rng.uniform(0.0, 30.0, (M, R))
+    Ht = rng.uniform(0.0, 30.0, (N, R))
+    X = W @ Ht.T * rng.uniform(0.999, 1.001, (M, N))
+    X32, W32, Ht32 = (np.ascontiguousarray(a, dtype=np.float32) for a in (X, W, Ht))
+    Xin = X32 if fmt == "dense" else make_csr(X32, np.int32 if fmt == "csr-int32" else np.int64)
+    op = make_operator(check_X(Xin, 2.0))
+
+    def exact(Wf, Hf):  # float64 loss of the float32 values, by the definition
+        D = ref.f64(X32) - ref.f64(Wf) @ ref.f64(Hf).T
+        return 0.5 * float((D * D).sum())
+
+    expected = exact(W32, Ht32)
+    assert expected < 1e-5 * 0.5 * float((ref.f64(X32) ** 2).sum())  # cancellation is real
+    assert_scalar_close(op.loss(W32, Ht32, 2.0), expected, 1e-6, "float32 loss")
+    for cls in (MU, HALS):
+        s = cls(op, W32.copy(), Ht32.copy(), 2.0, Penalty())
+        obj = s.step(True)
+        assert_scalar_close(obj, exact(s.W, s.Ht), 1e-6, f"{cls.__name__} objective")
 
 
 # ------------------------------------------------------------------------------------------

@@ -28,6 +28,23 @@ def dense_times(A, G, out, block):
 
 
 @parallel_kernel
+def dense_cross64(A, F, G, partial, block):
+    """partial[b] = <F_b, A_b G> for row block b, in float64 (F, G float64; A of any float
+    dtype, converted one block at a time): the cross term of the Frobenius loss."""
+    m = A.shape[0]
+    r = F.shape[1]
+    for b in prange((m + block - 1) // block):
+        s = b * block
+        e = min(m, s + block)
+        P = np.dot(A[s:e].astype(np.float64), G)
+        acc = 0.0
+        for i in range(s, e):
+            for k in range(r):
+                acc += F[i, k] * P[i - s, k]
+        partial[b] = acc
+
+
+@parallel_kernel
 def dense_beta_blocks(A, F, G, beta, eps, num, den, loss_rows, want_terms, want_loss, block):
     """MU terms and/or per-row loss for any beta on a dense A ~ F G^T (A m x n, F m x r,
     G n x r), WH guarded below by ``eps``.
