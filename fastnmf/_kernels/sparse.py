@@ -16,6 +16,7 @@ import numpy as np
 from numba import prange
 
 from .._jit import inline_helper, parallel_kernel
+from ._prefetch import PREFETCH_DISTANCE, prefetch_row
 from ._scalar import beta_divergence_entry
 
 N_CHUNKS = 256  # row ranges per call; static scheduling hands each thread ~N_CHUNKS/threads
@@ -49,12 +50,15 @@ def row_chunks(indptr, n_chunks):
 def csr_times_dense(indptr, indices, data, B, out):
     """out = A @ B for CSR A (m x n) and dense B (n x r)."""
     r = out.shape[1]
+    nnz = indptr[indptr.shape[0] - 1]
     bounds = row_chunks(indptr, N_CHUNKS)
     for c in prange(bounds.shape[0] - 1):
         for i in range(bounds[c], bounds[c + 1]):
             for k in range(r):
                 out[i, k] = 0
             for p in range(indptr[i], indptr[i + 1]):
+                if p + PREFETCH_DISTANCE < nnz:
+                    prefetch_row(B, indices[p + PREFETCH_DISTANCE])
                 j = indices[p]
                 x = data[p]
                 for k in range(r):
@@ -71,6 +75,7 @@ def csr_kl_numerator(indptr, indices, data, F, G, eps, out):
     """
     r = out.shape[1]
     zero = eps - eps
+    nnz = indptr[indptr.shape[0] - 1]
     bounds = row_chunks(indptr, N_CHUNKS)
     for c in prange(bounds.shape[0] - 1):
         for i in range(bounds[c], bounds[c + 1]):
@@ -79,6 +84,9 @@ def csr_kl_numerator(indptr, indices, data, F, G, eps, out):
             p = indptr[i]
             end = indptr[i + 1]
             while p + 3 < end:
+                if p + PREFETCH_DISTANCE + 3 < nnz:
+                    for q in range(p + PREFETCH_DISTANCE, p + PREFETCH_DISTANCE + 4):
+                        prefetch_row(G, indices[q])
                 j0 = indices[p]
                 j1 = indices[p + 1]
                 j2 = indices[p + 2]
