@@ -9,7 +9,7 @@ Run from the repository root (the tables in docs/performance.md come from this s
 Problem: ``make_sparse_counts(50_000, 20_000, 2_100_000, 20)`` (about 2.24M nonzeros), r = 20
 (``--quick``: 5,000 x 2,000, 100k nonzeros), fixed random factors in [0, 1) scaled to the data.
 
-Three tables, every number the median of ``--repeats`` interleaved repeats (each repeat
+Four tables, every number the median of ``--repeats`` interleaved repeats (each repeat
 times every case once, in turn, so a burst of load on a shared machine hits all cases alike):
 
 1. Kernels vs threads: the CSR products ``X Ht`` and ``X^T W``, the fused KL numerator (both
@@ -20,7 +20,13 @@ times every case once, in turn, so a burst of load on a shared machine hits all 
 2. One full iteration (``Solver.step``, no loss) of MU Frobenius, MU KL and HALS at each thread
    count, and its ratio to the two bare products ``X Ht`` + ``X^T W`` timed in the same repeat:
    the rest of an iteration is the Gram matrices, the factor updates and (HALS) the sweeps.
-3. float32 vs float64 at the highest thread count: seconds per iteration of each method, and the
+3. Where the time of a product goes (highest thread count): the real ``X Ht`` and ``X^T W``
+   against the same kernel with every column index folded into a 64-row window of the factor
+   (the gathered rows then sit in L1: streaming the CSR arrays plus the flops) and with r = 1
+   (streaming the CSR arrays alone: the read bandwidth floor, in GB/s of the 12 bytes of value
+   + int32 index per nonzero). The difference to the real kernel is the cost of gathering
+   factor rows from L2/L3/DRAM.
+4. float32 vs float64 at the highest thread count: seconds per iteration of each method, and the
    loss after ``--iters`` iterations from the same start (float64 start rounded to float32),
    both evaluated in float64 by fastnmf's loss, with their relative difference.
 
@@ -192,6 +198,43 @@ def iteration_table(X, op, W, Ht, threads, repeats):
     return out
 
 
+def floor_table(X, op, W, Ht, threads, repeats):
+    numba.set_num_threads(threads[-1])
+    cases = {}
+    for label, A, B in (("X Ht", X, Ht), ("X^T W", op.XT, W)):
+        folded = (A.indices % 64).astype(A.indices.dtype)
+        out = np.empty((A.shape[0], B.shape[1]), dtype=B.dtype)
+        out1 = np.empty((A.shape[0], 1), dtype=B.dtype)
+        B1 = np.ascontiguousarray(B[:64, :1])
+        cases[label] = [
+            ("real", lambda A=A, B=B, o=out: ks.csr_times_dense(A.indptr, A.indices, A.data,
+                                                                  B, o)),
+            ("L1 gathers", lambda A=A, f=folded, B=B, o=out: ks.csr_times_dense(
+                A.indptr, f, A.data, B, o)),
+            ("CSR stream (r=1)", lambda A=A, f=folded, B=B1, o=out1: ks.csr_times_dense(
+                A.indptr, f, A.data, B, o)),
+        ]
+    times = {(lab, k): [] for lab, cs in cases.items() for k, _ in cs}
+    for lab, cs in cases.items():
+        for k, f in cs:
+            f()
+    for _ in range(repeats):
+        for lab, cs in cases.items():
+            for k, f in cs:
+                times[(lab, k)].append(timed(f))
+    nnz = X.nnz
+    stream_bytes = nnz * (X.data.itemsize + X.indices.itemsize) + X.indptr.nbytes
+    out = []
+    for lab, cs in cases.items():
+        ms = {k: 1e3 * med(times[(lab, k)]) for k, _ in cs}
+        out.append(dict(product=lab, ms=ms,
+                        stream_gbs=stream_bytes / ms["CSR stream (r=1)"] / 1e6,
+                        l1_gflops=2 * nnz * W.shape[1] / ms["L1 gathers"] / 1e6,
+                        real_gflops=2 * nnz * W.shape[1] / ms["real"] / 1e6,
+                        gather_share=(ms["real"] - ms["L1 gathers"]) / ms["real"]))
+    return out
+
+
 def precision_table(quick, threads, repeats, n_iter):
     t = threads[-1]
     numba.set_num_threads(t)
@@ -276,6 +319,16 @@ def main(argv=None):
                             for t in threads)
         print(f"| {row['method']} | {cells} | {row['speedup'][threads[-1]]:.2f}x | {ratios} |")
 
+    ft = floor_table(X, op, W, Ht, threads, repeats)
+    print(f"\n| {threads[-1]} threads | real ms | L1-gather ms | CSR-stream ms | CSR read GB/s | "
+          "GFLOP/s with L1 gathers | GFLOP/s real | share of time in gathers |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for row in ft:
+        ms = row["ms"]
+        print(f"| {row['product']} | {ms['real']:.2f} | {ms['L1 gathers']:.2f} | "
+              f"{ms['CSR stream (r=1)']:.2f} | {row['stream_gbs']:.1f} | {row['l1_gflops']:.1f} "
+              f"| {row['real_gflops']:.1f} | {row['gather_share']:.0%} |")
+
     pt = precision_table(args.quick, threads, repeats, args.iters)
     print(f"\n| {threads[-1]} threads | float64 ms/it | float32 ms/it | float32 speedup | "
           f"loss after {args.iters} it, float64 | float32 | rel. diff |")
@@ -290,7 +343,7 @@ def main(argv=None):
         with open(args.json, "w") as fh:
             json.dump(dict(threads=threads, repeats=repeats, quick=args.quick,
                            shape=list(X.shape), nnz=int(X.nnz), kernels=kt, iterations=it,
-                           precision=pt, loadavg=[load0[0], load1[0]],
+                           floor=ft, precision=pt, loadavg=[load0[0], load1[0]],
                            cpu_count=os.cpu_count(), machine=platform.machine()),
                       fh, indent=2, default=str)
         print(f"wrote {args.json}")

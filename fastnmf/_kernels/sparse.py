@@ -48,7 +48,13 @@ def row_chunks(indptr, n_chunks):
 
 @parallel_kernel
 def csr_times_dense(indptr, indices, data, B, out):
-    """out = A @ B for CSR A (m x n) and dense B (n x r)."""
+    """out = A @ B for CSR A (m x n) and dense B (n x r).
+
+    Four nonzeros per update of out[i]: adding one scaled row at a time makes every nonzero
+    wait for the previous read-modify-write of out[i] (a ~9-cycle chain per nonzero that
+    bounded the kernel even with the gathered rows in L1); four at a time cut it to a quarter
+    (1.1-1.5x on 2.24M nonzeros, r = 20 and 32, float32 and float64).
+    """
     r = out.shape[1]
     nnz = indptr[indptr.shape[0] - 1]
     bounds = row_chunks(indptr, N_CHUNKS)
@@ -56,13 +62,29 @@ def csr_times_dense(indptr, indices, data, B, out):
         for i in range(bounds[c], bounds[c + 1]):
             for k in range(r):
                 out[i, k] = 0
-            for p in range(indptr[i], indptr[i + 1]):
-                if p + PREFETCH_DISTANCE < nnz:
-                    prefetch_row(B, indices[p + PREFETCH_DISTANCE])
+            p = indptr[i]
+            end = indptr[i + 1]
+            while p + 3 < end:
+                if p + PREFETCH_DISTANCE + 3 < nnz:
+                    for q in range(p + PREFETCH_DISTANCE, p + PREFETCH_DISTANCE + 4):
+                        prefetch_row(B, indices[q])
+                j0 = indices[p]
+                j1 = indices[p + 1]
+                j2 = indices[p + 2]
+                j3 = indices[p + 3]
+                x0 = data[p]
+                x1 = data[p + 1]
+                x2 = data[p + 2]
+                x3 = data[p + 3]
+                for k in range(r):
+                    out[i, k] += (x0 * B[j0, k] + x1 * B[j1, k]) + (x2 * B[j2, k] + x3 * B[j3, k])
+                p += 4
+            while p < end:
                 j = indices[p]
                 x = data[p]
                 for k in range(r):
                     out[i, k] += x * B[j, k]
+                p += 1
 
 
 @parallel_kernel
