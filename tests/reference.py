@@ -144,14 +144,23 @@ def penalty(F, l1, l2):
 # ------------------------------------------------------------------------------------------
 # factor updates
 
+def flush_subnormal(A, dtype):
+    """A (float64) with the values a ``dtype`` array could only hold as subnormals set to 0:
+    the factor updates never store subnormals."""
+    A = np.array(A, dtype=np.float64)
+    A[A < np.finfo(dtype).tiny] = 0.0
+    return A
+
+
 def mu_factor_step(F, num, den, l1, l2, gamma, tiny):
-    """F * (num / max(den + l1 + l2 F, tiny)) ** gamma, float64."""
+    """F * (num / max(den + l1 + l2 F, tiny)) ** gamma, float64, subnormals of F's dtype -> 0."""
+    dtype = np.asarray(F).dtype
     F = f64(F)
     d = np.maximum(f64(den) + l1 + l2 * F, tiny)
-    return F * (f64(num) / d) ** gamma
+    return flush_subnormal(F * (f64(num) / d) ** gamma, dtype)
 
 
-def hals_sweep_row(f, p, Q, l1):
+def hals_sweep_row(f, p, Q, l1, normal=0.0):
     """One coordinate-descent sweep k = 0..r-1 on one row f for
     min 0.5 f Q f^T - (p - l1) . f,  f >= 0.  Coordinates with Q_kk <= 0 are skipped.
     Returns (new f, squared change of the sweep)."""
@@ -163,6 +172,8 @@ def hals_sweep_row(f, p, Q, l1):
             continue
         grad = float(f @ Q[:, k]) - (p[k] - l1)       # d/df_k of the objective
         new = max(0.0, f[k] - grad / Q[k, k])           # exact minimizer in f_k, clipped
+        if new < normal:                                 # never stored as a subnormal
+            new = 0.0
         change += (new - f[k]) ** 2
         f[k] = new
     return f, change
@@ -172,13 +183,14 @@ def hals_sweeps(F, P, Q, l1, max_sweeps, delta_sq):
     """The rows of F after the repeated sweeps documented in fastnmf's ``hals_sweeps``:
     each row does one sweep, then repeats it (up to ``max_sweeps`` sweeps in all) and stops
     after the first repeated sweep whose squared change is <= delta_sq x that of the first."""
+    normal = float(np.finfo(np.asarray(F).dtype).tiny)
     F = np.array(F, dtype=np.float64)
     P = f64(P)
     Q = f64(Q)
     for i in range(F.shape[0]):
-        f, first = hals_sweep_row(F[i], P[i], Q, l1)
+        f, first = hals_sweep_row(F[i], P[i], Q, l1, normal)
         for _ in range(1, max_sweeps):
-            f, change = hals_sweep_row(f, P[i], Q, l1)
+            f, change = hals_sweep_row(f, P[i], Q, l1, normal)
             if change <= delta_sq * first:
                 break
         F[i] = f

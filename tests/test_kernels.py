@@ -369,11 +369,16 @@ def test_mu_apply(dtype, l1, l2, gamma, threads):
         den[4, :] = 0
         num[4, :] = 0
     F[7, 3] = 0                      # a zero stays zero
+    normal = np.finfo(dtype).tiny    # a result below the smallest normal number is stored as 0
+    F[9, 0], num[9, 0], den[9, 0] = 1, T(normal / 4), 1
     expected = ref.mu_factor_step(F, num, den, l1, l2, gamma, float(tiny))
     kf.mu_apply(F, num, den, T(l1), T(l2), T(gamma), tiny)
     assert F.dtype == dtype
     assert_close(F, expected, RTOL[dtype], "mu_apply")
     assert F[7, 3] == 0
+    if gamma == 1:
+        assert F[9, 0] == 0
+    assert not ((F != 0) & (np.abs(F) < normal)).any(), "a subnormal was stored"
 
 
 @pytest.mark.parametrize("gamma", [1.0, 0.5])
