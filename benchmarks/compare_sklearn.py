@@ -205,7 +205,7 @@ def warm_up():
     return time.perf_counter() - t
 
 
-def time_to_cd_loss(X, W0, H0, r, cd_iters, repeats):
+def seconds_to_cd_loss(X, W0, H0, r, cd_iters, repeats):
     """sklearn cd for ``cd_iters`` iterations, then fastnmf HALS until its loss is <= cd's."""
     rows = []
     for _ in range(repeats):
@@ -339,7 +339,7 @@ def main(argv=None):
                 + f" r={r}")
         print(f"{desc}: data {t_data:.1f} s, {args.init} start {t_init:.1f} s", flush=True)
         if args.time_to_cd:
-            ttc = time_to_cd_loss(X, W0, H0, r, args.time_to_cd, min(repeats, 3))
+            ttc = seconds_to_cd_loss(X, W0, H0, r, args.time_to_cd, min(repeats, 3))
             med = dict(problem=name, description=desc, cd_iters=args.time_to_cd, repeats=ttc,
                        cd_seconds=median([x["cd_seconds"] for x in ttc]),
                        fast_seconds=median([x["fast_seconds"] for x in ttc]),
