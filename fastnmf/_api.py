@@ -92,7 +92,7 @@ class _Scaling:
     def loss_out(self, value):
         """The caller's loss; inf if it exceeds the float64 range (e.g. 0.5 ||X-WH||^2 of an X
         near 1e300), while the factors stay finite."""
-        if not self.active:
+        if not self.active or value == 0:   # an exact fit is 0 at any scale (not 0 * inf)
             return value
         with np.errstate(over="ignore", under="ignore"):
             return float(np.float64(value) * np.float64(self.c) ** self.beta)

@@ -132,6 +132,22 @@ def test_zero_rows_get_zero_rows_of_W(beta, fmt):
     assert np.abs(H[:, 1]).max() <= 1e-12 * np.abs(H).max()
 
 
+@pytest.mark.parametrize("beta", [1.5, 2.0, 3.0])
+def test_exact_fit_of_huge_data_reports_zero_loss_not_nan(beta):
+    """X = 2^800 (1 x 1) with r = 1 is fitted exactly in the rescaled problem: the loss is 0.
+    Scaled back by c^beta (which overflows to inf here) it must stay 0, not 0 * inf = NaN
+    (found by the fuzzer in CI)."""
+    X = np.array([[2.0**800]])
+    for seed in range(5):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            W, H, info = fastnmf.nmf(X, 1, beta_loss=beta, init="random", random_state=seed,
+                                     max_iter=15, tol=0, eval_every=1)
+        h = np.asarray(info["loss_history"])
+        assert not np.isnan(h).any(), h
+        assert np.isclose((W @ H)[0, 0], 2.0**800, rtol=1e-6)
+
+
 @pytest.mark.parametrize("scale", [1e300, 1e-300, 1e-30, 1e30])
 @pytest.mark.parametrize("beta", [2.0, 1.0, 1.5, 3.0])
 @pytest.mark.parametrize("fmt", ["dense", "csr"])
