@@ -253,20 +253,26 @@ def fixed_work(method, X, r=FIT_RANK, n_threads=None, iters=None):
                 eval_every=iters, n_threads=n_threads)
 
 
-def relative_error(X, W, H):
-    """||X - W H||_F / ||X||_F in float64 through the Gram identity (no m x n temporary)."""
+def squared_error(X, W, H):
+    """(||X - W H||_F^2, ||X||_F^2) in float64 through the Gram identity
+    ||X||^2 - 2 <W, X H^T> + <W^T W, H H^T> (no m x n temporary), independent of fastnmf."""
     W = np.asarray(W, dtype=np.float64)
     H = np.asarray(H, dtype=np.float64)
     if sp.issparse(X):
         X64 = X.astype(np.float64)
         xx = float(X64.data @ X64.data)
-        cross = float(np.sum((X64 @ H.T) * W))
     else:
         X64 = np.asarray(X, dtype=np.float64)
         xx = float(np.vdot(X64, X64))
-        cross = float(np.sum((X64 @ H.T) * W))
+    cross = float(np.vdot(W, np.asarray(X64 @ H.T)))
     model = float(np.sum((W.T @ W) * (H @ H.T)))
-    return float(np.sqrt(max(xx - 2.0 * cross + model, 0.0) / xx))
+    return max(xx - 2.0 * cross + model, 0.0), xx
+
+
+def relative_error(X, W, H):
+    """||X - W H||_F / ||X||_F in float64 (``squared_error``)."""
+    sq, xx = squared_error(X, W, H)
+    return float(np.sqrt(sq / xx))
 
 
 # ---------------------------------------------------------------------------------------------

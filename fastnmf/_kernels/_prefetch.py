@@ -51,3 +51,13 @@ def prefetch_row(B, j):
     for k in range(0, r, LINE // B.itemsize):
         _prefetch_item(B, j, k)
     _prefetch_item(B, j, r - 1)
+
+
+@inline_helper
+def prefetch_four_ahead(B, indices, p, nnz):
+    """Hint the rows of B of the four nonzeros ``PREFETCH_DISTANCE`` after position p (the
+    kernels consume nonzeros four at a time); nothing near the end of the matrix."""
+    q = p + PREFETCH_DISTANCE
+    if q + 3 < nnz:
+        for t in range(q, q + 4):
+            prefetch_row(B, indices[t])

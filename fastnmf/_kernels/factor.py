@@ -13,28 +13,33 @@ race and the result does not depend on the thread count.
 import numpy as np
 from numba import prange
 
-from .._jit import parallel_kernel
+from .._jit import inline_helper, parallel_kernel
+
+
+@inline_helper
+def mu_entry(f, num, den, l1, l2, gamma, tiny, normal):
+    """One entry of the MU step: f * (num / max(den + l1 + l2 f, tiny)) ** gamma, stored as 0
+    below ``normal`` (the smallest normal number; a NaN stays NaN)."""
+    d = den + l1 + l2 * f
+    if d < tiny:
+        d = tiny
+    ratio = num / d
+    if gamma != 1:
+        ratio = ratio**gamma
+    v = f * ratio
+    if v < normal:
+        v = f - f
+    return v
 
 
 @parallel_kernel
 def mu_apply(F, num, den, l1, l2, gamma, tiny):
     """F <- F * (num / max(den + l1 + l2 F, tiny)) ** gamma   (in place)."""
     m, r = F.shape
-    one = tiny - tiny + 1
     normal = np.finfo(F.dtype).tiny
     for i in prange(m):
         for k in range(r):
-            f = F[i, k]
-            d = den[i, k] + l1 + l2 * f
-            if d < tiny:
-                d = tiny
-            ratio = num[i, k] / d
-            if gamma != one:
-                ratio = ratio**gamma
-            v = f * ratio
-            if v < normal:  # (a NaN stays NaN)
-                v = 0
-            F[i, k] = v
+            F[i, k] = mu_entry(F[i, k], num[i, k], den[i, k], l1, l2, gamma, tiny, normal)
 
 
 MU_BLOCK = 64  # rows per task of mu_apply_gram: one small GEMM each
@@ -51,7 +56,6 @@ def mu_apply_gram(F, num, gram, l1, l2, gamma, tiny):
     1.8 ms). A block reads and writes only its own rows of F: ``prange`` over blocks.
     """
     m, r = F.shape
-    one = tiny - tiny + 1
     normal = np.finfo(F.dtype).tiny
     for b in prange((m + MU_BLOCK - 1) // MU_BLOCK):
         s = b * MU_BLOCK
@@ -59,17 +63,8 @@ def mu_apply_gram(F, num, gram, l1, l2, gamma, tiny):
         den = np.dot(F[s:e], gram)
         for i in range(s, e):
             for k in range(r):
-                f = F[i, k]
-                d = den[i - s, k] + l1 + l2 * f
-                if d < tiny:
-                    d = tiny
-                ratio = num[i, k] / d
-                if gamma != one:
-                    ratio = ratio**gamma
-                v = f * ratio
-                if v < normal:
-                    v = 0
-                F[i, k] = v
+                F[i, k] = mu_entry(F[i, k], num[i, k], den[i - s, k], l1, l2, gamma, tiny,
+                                   normal)
 
 
 ROW_GROUP = 8  # rows swept together: their dependency chains overlap in the CPU

@@ -16,7 +16,7 @@ import numpy as np
 from numba import prange
 
 from .._jit import inline_helper, parallel_kernel
-from ._prefetch import PREFETCH_DISTANCE, prefetch_row
+from ._prefetch import prefetch_four_ahead
 from ._scalar import beta_divergence_entry
 
 N_CHUNKS = 256  # row ranges per call; static scheduling hands each thread ~N_CHUNKS/threads
@@ -65,9 +65,7 @@ def csr_times_dense(indptr, indices, data, B, out):
             p = indptr[i]
             end = indptr[i + 1]
             while p + 3 < end:
-                if p + PREFETCH_DISTANCE + 3 < nnz:
-                    for q in range(p + PREFETCH_DISTANCE, p + PREFETCH_DISTANCE + 4):
-                        prefetch_row(B, indices[q])
+                prefetch_four_ahead(B, indices, p, nnz)
                 j0 = indices[p]
                 j1 = indices[p + 1]
                 j2 = indices[p + 2]
@@ -106,9 +104,7 @@ def csr_kl_numerator(indptr, indices, data, F, G, eps, out):
             p = indptr[i]
             end = indptr[i + 1]
             while p + 3 < end:
-                if p + PREFETCH_DISTANCE + 3 < nnz:
-                    for q in range(p + PREFETCH_DISTANCE, p + PREFETCH_DISTANCE + 4):
-                        prefetch_row(G, indices[q])
+                prefetch_four_ahead(G, indices, p, nnz)
                 j0 = indices[p]
                 j1 = indices[p + 1]
                 j2 = indices[p + 2]
