@@ -12,6 +12,8 @@ Shapes: ``indptr`` (m+1,), ``indices``/``data`` (nnz,), ``F`` (m, r), ``G`` (n, 
 ``F @ G.T`` the model of the m x n matrix. ``data``, ``F``, ``G`` and the outputs share one
 float dtype; scalars ``eps``/exponents are passed in that dtype so float32 never widens.
 """
+import math
+
 import numpy as np
 from numba import prange
 
@@ -44,6 +46,34 @@ def row_chunks(indptr, n_chunks):
         bounds[c] = lo
     bounds[k] = m
     return bounds
+
+
+@inline_helper
+def four_dots(F, i, G, j0, j1, j2, j3, zero):
+    """(F_i . G_j0, ..., F_i . G_j3): four independent chains the CPU overlaps, F_i read once."""
+    a0 = zero
+    a1 = zero
+    a2 = zero
+    a3 = zero
+    for k in range(F.shape[1]):
+        f = F[i, k]
+        a0 += f * G[j0, k]
+        a1 += f * G[j1, k]
+        a2 += f * G[j2, k]
+        a3 += f * G[j3, k]
+    return a0, a1, a2, a3
+
+
+@inline_helper
+def kl_nonzero_term(x, wh, eps):
+    """x log(x / max(wh, eps)) - x in float64 (0 for an explicitly stored zero): the part of
+    d_KL(x | wh) = x log(x / wh) - x + wh that the sum of all of WH does not cover."""
+    if x == 0:
+        return 0.0
+    if wh < eps:
+        wh = eps
+    xf = float(x)
+    return xf * math.log(xf / float(wh)) - xf
 
 
 @parallel_kernel
@@ -109,16 +139,7 @@ def csr_kl_numerator(indptr, indices, data, F, G, eps, out):
                 j1 = indices[p + 1]
                 j2 = indices[p + 2]
                 j3 = indices[p + 3]
-                a0 = zero
-                a1 = zero
-                a2 = zero
-                a3 = zero
-                for k in range(r):
-                    f = F[i, k]
-                    a0 += f * G[j0, k]
-                    a1 += f * G[j1, k]
-                    a2 += f * G[j2, k]
-                    a3 += f * G[j3, k]
+                a0, a1, a2, a3 = four_dots(F, i, G, j0, j1, j2, j3, zero)
                 v0 = data[p] / (a0 if a0 > eps else eps)
                 v1 = data[p + 1] / (a1 if a1 > eps else eps)
                 v2 = data[p + 2] / (a2 if a2 > eps else eps)
@@ -141,25 +162,35 @@ def csr_kl_numerator(indptr, indices, data, F, G, eps, out):
 def csr_kl_loss_rows(indptr, indices, data, F, G, eps, loss_rows):
     """loss_rows[i] = sum over nonzeros of x log(x / wh) - x, in float64.
 
-    The sum over all entries of WH is added by the caller from column sums.
+    The sum over all entries of WH is added by the caller from column sums. Four nonzeros
+    at a time with the rows of G prefetched, like the KL numerator: one dot product at a
+    time left each nonzero waiting on its own reduction, and an evaluation of the loss cost
+    as much as ~1.7 KL iterations.
     """
-    r = F.shape[1]
     zero = eps - eps
+    nnz = indptr[indptr.shape[0] - 1]
     bounds = row_chunks(indptr, N_CHUNKS)
     for c in prange(bounds.shape[0] - 1):
         for i in range(bounds[c], bounds[c + 1]):
             acc = 0.0
-            for p in range(indptr[i], indptr[i + 1]):
+            p = indptr[i]
+            end = indptr[i + 1]
+            while p + 3 < end:
+                prefetch_four_ahead(G, indices, p, nnz)
+                a0, a1, a2, a3 = four_dots(F, i, G, indices[p], indices[p + 1],
+                                           indices[p + 2], indices[p + 3], zero)
+                acc += ((kl_nonzero_term(data[p], a0, eps)
+                         + kl_nonzero_term(data[p + 1], a1, eps))
+                        + (kl_nonzero_term(data[p + 2], a2, eps)
+                           + kl_nonzero_term(data[p + 3], a3, eps)))
+                p += 4
+            while p < end:
                 j = indices[p]
-                x = data[p]
-                if x == 0:
-                    continue
                 wh = zero
-                for k in range(r):
+                for k in range(F.shape[1]):
                     wh += F[i, k] * G[j, k]
-                if wh < eps:
-                    wh = eps
-                acc += beta_divergence_entry(x, wh, 1.0) - float(wh)
+                acc += kl_nonzero_term(data[p], wh, eps)
+                p += 1
             loss_rows[i] = acc
 
 
