@@ -5,7 +5,7 @@ import scipy.sparse as sp
 from . import _driver
 from ._data import make_operator
 from ._init import initialize
-from ._memory import check_memory
+from ._memory import aligned_copy, check_memory
 from ._threads import resolve_n_threads, thread_limit
 from ._validation import (INITS, check_factor, check_int, check_l1_ratio, check_n_components,
                           check_real, check_X, resolve_beta, resolve_solver)
@@ -192,6 +192,8 @@ def nmf(X, n_components=None, *, init=None, solver="auto", beta_loss="frobenius"
             Ht0 = np.ascontiguousarray(check_factor("H", H, (k, n), dtype).T)
         else:
             W0, Ht0 = initialize(X, k, init, random_state, dtype)
+    # Cache-line-aligned factors: the CSR kernels gather their rows (see aligned_empty).
+    W0, Ht0 = aligned_copy(W0), aligned_copy(Ht0)
     with thread_limit(n_threads, blas_threads=1):   # iterations: Numba's pool only
         op = make_operator(X)
         algo = SOLVER_CLASSES[solver_name](op, W0, Ht0, beta, fit_penalty, update_W, update_H)

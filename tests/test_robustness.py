@@ -108,6 +108,53 @@ def test_memory_estimate_refuses_up_front(monkeypatch):
     fastnmf.nmf(random_problem(seed=2), 3, max_iter=2, tol=0)
 
 
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (1000, 20), (33, 32), (5,), (0, 4)])
+def test_aligned_arrays_start_a_cache_line(shape, dtype):
+    from fastnmf._memory import CACHE_LINE, aligned_copy, aligned_empty
+    for _ in range(3):   # several allocations: a lucky NumPy address must not pass the test
+        A = aligned_empty(shape, dtype)
+        assert A.shape == shape and A.dtype == dtype and A.flags.c_contiguous
+        assert A.flags.writeable
+        if A.size:
+            assert A.ctypes.data % CACHE_LINE == 0
+    src = np.random.default_rng(0).random(shape)
+    B = aligned_copy(src.T if src.ndim == 2 else src, dtype)
+    np.testing.assert_array_equal(B, (src.T if src.ndim == 2 else src).astype(dtype))
+    assert B.flags.c_contiguous and (B.size == 0 or B.ctypes.data % CACHE_LINE == 0)
+
+
+@pytest.mark.parametrize("solver,beta", [("mu", 2), ("mu", 1), ("hals", 2)])
+def test_solvers_work_on_cache_line_aligned_factors(monkeypatch, solver, beta):
+    """The fit hands the kernels aligned W, H^T and buffers whatever the caller passed (here a
+    misaligned custom start), and returns the same factors as a fit from aligned copies."""
+    from fastnmf import _driver
+    from fastnmf._memory import CACHE_LINE
+    seen = []
+    run = _driver.run
+
+    def spy(algo, **kw):
+        bufs = [algo.W, algo.Ht] + [b for d in ("_num", "_den", "_P")
+                                    for b in getattr(algo, d, {}).values()]
+        seen.append([b.ctypes.data % CACHE_LINE for b in bufs])
+        return run(algo, **kw)
+
+    monkeypatch.setattr(_driver, "run", spy)
+    X = sp.random(60, 40, density=0.2, random_state=3, format="csr") * 5
+    rng = np.random.default_rng(1)
+    raw = rng.random(60 * 4 + 1 + 4 * 40 + 1)
+    W0 = raw[1:1 + 240].reshape(60, 4)            # 8 bytes past an aligned-or-not base
+    H0 = raw[242:242 + 160].reshape(4, 40)
+    W, H, _ = fastnmf.nmf(X, 4, init="custom", W=W0, H=H0, solver=solver, beta_loss=beta,
+                          max_iter=5, tol=0)
+    W2, H2, _ = fastnmf.nmf(X, 4, init="custom", W=W0.copy(), H=H0.copy(), solver=solver,
+                            beta_loss=beta, max_iter=5, tol=0)
+    assert seen and all(a == 0 for run_seen in seen for a in run_seen)
+    np.testing.assert_array_equal(W, W2)
+    np.testing.assert_array_equal(H, H2)
+
+
 @pytest.mark.parametrize("shape,k", [((1, 7), 1), ((9, 1), 1), ((1, 1), 1), ((5, 4), 1),
                                      ((6, 5), 5)])
 @pytest.mark.parametrize("beta", [2.0, 1.0, 0.5])

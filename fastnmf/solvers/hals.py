@@ -10,6 +10,7 @@ and a row stops when its sweep changes it by less than delta times its first swe
 import numpy as np
 
 from .._kernels.factor import hals_sweeps
+from .._memory import aligned_like
 from ._base import Solver
 
 ALPHA = 0.5      # Gillis & Glineur's alpha: share of the product cost spent on repetitions
@@ -23,7 +24,7 @@ class HALS(Solver):
     def __init__(self, op, W, Ht, beta, penalty, update_W=True, update_H=True):
         super().__init__(op, W, Ht, beta, penalty, update_W, update_H)
         r = W.shape[1]
-        self._P = {"W": np.empty_like(W), "H": np.empty_like(Ht)}
+        self._P = {"W": aligned_like(W), "H": aligned_like(Ht)}
         self._Q = np.empty((r, r), dtype=self.dtype)
         m, n = op.shape
         nnz = op.nnz  # the same count for dense and CSR storage: same sweeps, same result

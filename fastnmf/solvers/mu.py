@@ -11,6 +11,7 @@ import numpy as np
 
 from .._kernels.factor import mu_apply, mu_apply_gram
 from .._validation import mu_exponent
+from .._memory import aligned_like
 from ._base import Solver
 
 
@@ -23,8 +24,8 @@ class MU(Solver):
         self.gamma = T(mu_exponent(beta))
         self.tiny = T(np.sqrt(np.finfo(self.dtype).tiny))
         r = W.shape[1]
-        self._num = {"W": np.empty_like(W), "H": np.empty_like(Ht)}
-        self._den = {} if beta == 2 else {"W": np.empty_like(W), "H": np.empty_like(Ht)}
+        self._num = {"W": aligned_like(W), "H": aligned_like(Ht)}
+        self._den = {} if beta == 2 else {"W": aligned_like(W), "H": aligned_like(Ht)}
         self._gram = np.empty((r, r), dtype=self.dtype)
 
     def _update(self, side):
