@@ -184,11 +184,18 @@ def dense_images(m, n, dtype="float64", positive=False, seed=0):
 
 
 def positive_factor(rows, r, dtype="float64", seed=1, scale=1.0):
-    """A dense (rows, r) C-contiguous factor with entries in scale * [0.5, 1.5)."""
+    """A dense (rows, r) C-contiguous factor with entries in scale * [0.5, 1.5), placed in
+    memory the way the commit's own fits place their factors (cache-line aligned since
+    ``fastnmf._memory.aligned_copy`` exists), so that kernel timings are those of a fit."""
     key = ("factor", rows, r, np.dtype(dtype).name, seed, scale)
     if key not in _memory:
         rng = np.random.default_rng(seed)
-        _memory[key] = np.ascontiguousarray(scale * (0.5 + rng.random((rows, r))), dtype=dtype)
+        F = np.ascontiguousarray(scale * (0.5 + rng.random((rows, r))), dtype=dtype)
+        try:
+            from fastnmf._memory import aligned_copy
+        except ImportError:   # an older commit: its fits used NumPy's placement
+            aligned_copy = None
+        _memory[key] = F if aligned_copy is None else aligned_copy(F)
     return _memory[key]
 
 
