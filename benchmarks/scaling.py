@@ -51,6 +51,7 @@ import numba
 from threadpoolctl import threadpool_limits
 
 from fastnmf._data import make_operator, wh_guard
+from fastnmf._memory import aligned_copy
 from fastnmf._kernels import factor as kf
 from fastnmf._kernels import sparse as ks
 from fastnmf.datasets import make_sparse_counts
@@ -77,8 +78,8 @@ def start(X, r, dtype, seed=0):
     m, n = X.shape
     rng = np.random.default_rng(seed)
     scale = np.sqrt(float(X.sum(dtype=np.float64)) / (m * n) / r) * 2.0
-    W = np.ascontiguousarray(rng.random((m, r)) * scale, dtype=dtype)
-    Ht = np.ascontiguousarray(rng.random((n, r)) * scale, dtype=dtype)
+    W = aligned_copy(rng.random((m, r)) * scale, dtype)    # placed as a fit places them
+    Ht = aligned_copy(rng.random((n, r)) * scale, dtype)
     return W, Ht
 
 
@@ -143,7 +144,7 @@ def solver_cases(op, W, Ht, threads):
     for t in threads:
         for name, cls, beta in (("MU Frobenius", MU, 2.0), ("MU KL", MU, 1.0),
                                 ("HALS", HALS, 2.0)):
-            cases[(name, t)] = cls(op, W.copy(), Ht.copy(), beta, Penalty())
+            cases[(name, t)] = cls(op, aligned_copy(W), aligned_copy(Ht), beta, Penalty())
     return cases
 
 
@@ -244,10 +245,11 @@ def precision_table(quick, threads, repeats, n_iter):
     for dtype in (np.float64, np.float32):
         X = X64.astype(dtype)
         op = make_operator(X)
-        res[np.dtype(dtype).name] = dict(op=op, W=W64.astype(dtype), Ht=Ht64.astype(dtype))
+        res[np.dtype(dtype).name] = dict(op=op, W=aligned_copy(W64, dtype),
+                                         Ht=aligned_copy(Ht64, dtype))
     out = []
     for name, cls, beta in (("MU Frobenius", MU, 2.0), ("MU KL", MU, 1.0), ("HALS", HALS, 2.0)):
-        solvers = {d: cls(v["op"], v["W"].copy(), v["Ht"].copy(), beta, Penalty())
+        solvers = {d: cls(v["op"], aligned_copy(v["W"]), aligned_copy(v["Ht"]), beta, Penalty())
                    for d, v in res.items()}
         times = {d: [] for d in solvers}
         for s in solvers.values():
@@ -258,7 +260,7 @@ def precision_table(quick, threads, repeats, n_iter):
         # loss after n_iter iterations from the same start, in float64
         losses = {}
         for d, v in res.items():
-            s = cls(v["op"], v["W"].copy(), v["Ht"].copy(), beta, Penalty())
+            s = cls(v["op"], aligned_copy(v["W"]), aligned_copy(v["Ht"]), beta, Penalty())
             for _ in range(n_iter):
                 s.step(False)
             losses[d] = s.objective()
