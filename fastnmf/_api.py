@@ -200,8 +200,14 @@ def nmf(X, n_components=None, *, init=None, solver="auto", beta_loss="frobenius"
         result = _driver.run(algo, max_iter=max_iter, tol=tol, eval_every=eval_every,
                              max_time=max_time, callback=scaling.callback(callback),
                              verbose=verbose)
-    W_out = scaling.factor_out(algo.W)
-    H_out = scaling.factor_out(np.ascontiguousarray(algo.Ht.T))
+    # The caller gets ordinary arrays that own their memory. The solver, its buffers and X^T
+    # are released first, so these copies never raise the peak of the fit.
+    W0, Ht0 = algo.W, algo.Ht
+    del algo, op
+    W_out = scaling.factor_out(np.array(W0))
+    del W0
+    H_out = scaling.factor_out(np.ascontiguousarray(Ht0.T))
+    del Ht0
     result.loss = scaling.loss_out(result.loss)
     result.loss_history = [scaling.loss_out(v) for v in result.loss_history]
     data_loss = max(result.loss - penalty.value(W_out, H_out), 0.0)

@@ -254,6 +254,77 @@ def test_csr_kl_loss_rows(dtype, idx_dtype, threads):
     assert (rows[list(EMPTY_ROWS)] == 0).all()
 
 
+@pytest.mark.parametrize("r", [3, 20])
+@pytest.mark.parametrize("idx_dtype", IDX_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_csr_kl_loss_rows_every_position_of_the_four_way_loop(dtype, idx_dtype, r, threads):
+    """Row i holds i nonzeros (0..11), so rows end in every remainder of the four-at-a-time
+    loop; stored zeros and entries whose WH falls below the guard sit at every position mod 4
+    (columns 1 and 6 are stored zeros, H^T rows 2 and 9 are 0 so WH = 0 < eps there)."""
+    m, n = 12, 14
+    rng = np.random.default_rng(5)
+    X = np.zeros((m, n))
+    for i in range(m):
+        X[i, np.sort(rng.choice(n, size=i, replace=False))] = rng.integers(1, 9, size=i)
+    A = sp.csr_matrix(X)
+    for i in range(m):   # stored zeros: keep the entry in the structure, value 0
+        for p in range(A.indptr[i], A.indptr[i + 1]):
+            if A.indices[p] in (1, 6):
+                A.data[p] = 0.0
+    A = sp.csr_matrix((A.data.astype(dtype), A.indices.astype(idx_dtype),
+                       A.indptr.astype(idx_dtype)), shape=(m, n))
+    W = np.ascontiguousarray(rng.uniform(0.2, 1.2, (m, r)), dtype=dtype)
+    Ht = rng.uniform(0.2, 1.2, (n, r))
+    Ht[[2, 9]] = 0.0
+    Ht = np.ascontiguousarray(Ht, dtype=dtype)
+    eps = kernel_eps(dtype)
+    rows = np.full(m, np.nan)
+    ks.csr_kl_loss_rows(A.indptr, A.indices, A.data, W, Ht, eps, rows)
+    Y = ref.guarded_model(W, Ht, float(eps))
+    expected = ref.beta_divergence_rows(A, Y, 1) - Y.sum(axis=1)
+    assert_close(rows, expected, RTOL_LOSS[dtype], "KL loss rows, all remainders")
+    assert rows[0] == 0
+
+
+def placed(F, offset):
+    """A C-contiguous copy of F whose first element sits ``offset`` bytes after a cache line."""
+    raw = np.empty(F.nbytes + 128, dtype=np.uint8)
+    start = (-raw.ctypes.data) % 64 + offset
+    out = raw[start:start + F.nbytes].view(F.dtype).reshape(F.shape)
+    out[...] = F
+    return out
+
+
+@pytest.mark.parametrize("r", [R, 20, 32])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_csr_kernels_do_not_depend_on_where_the_factors_start(dtype, r):
+    """The fit places its factors on cache lines; the CSR kernels must give bitwise the same
+    results wherever a factor starts (no alignment-dependent vectorization of a reduction)."""
+    X = make_X(dtype)
+    A = make_csr(X, np.int32, explicit_zeros=2)
+    AT = csr_transpose(A, np.int32)
+    rng = np.random.default_rng(7)
+    W = np.ascontiguousarray(rng.uniform(0.2, 1.2, (M, r)), dtype=dtype)
+    Ht = np.ascontiguousarray(rng.uniform(0.2, 1.2, (N, r)), dtype=dtype)
+    eps = kernel_eps(dtype)
+    results = []
+    for offset in range(0, 64, np.dtype(dtype).itemsize):
+        Wp, Hp = placed(W, offset), placed(Ht, offset)
+        assert Wp.ctypes.data % 64 == offset
+        got = [np.empty((M, r), dtype), np.empty((N, r), dtype), np.empty((M, r), dtype),
+               np.empty((N, r), dtype), np.empty(M)]
+        ks.csr_times_dense(A.indptr, A.indices, A.data, Hp, got[0])
+        ks.csr_times_dense(AT.indptr, AT.indices, AT.data, Wp, got[1])
+        ks.csr_kl_numerator(A.indptr, A.indices, A.data, Wp, Hp, eps, got[2])
+        ks.csr_kl_numerator(AT.indptr, AT.indices, AT.data, Hp, Wp, eps, got[3])
+        ks.csr_kl_loss_rows(A.indptr, A.indices, A.data, Wp, Hp, eps, got[4])
+        results.append(got)
+    assert_close(results[0][0], ref.product(A, Ht), RTOL[dtype], "X @ Ht")   # and right
+    for got in results[1:]:
+        for a, b in zip(results[0], got):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
 @pytest.mark.parametrize("idx_dtype", IDX_DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)

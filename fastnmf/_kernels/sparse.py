@@ -165,7 +165,7 @@ def csr_kl_loss_rows(indptr, indices, data, F, G, eps, loss_rows):
     The sum over all entries of WH is added by the caller from column sums. Four nonzeros
     at a time with the rows of G prefetched, like the KL numerator: one dot product at a
     time left each nonzero waiting on its own reduction, and an evaluation of the loss cost
-    as much as ~1.7 KL iterations.
+    as much as 1.2-1.7 KL iterations.
     """
     zero = eps - eps
     nnz = indptr[indptr.shape[0] - 1]

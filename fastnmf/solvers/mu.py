@@ -10,8 +10,8 @@ For beta = 2: num = A G and den = F (G^T G); for beta = 1: den = 1^T G (column s
 import numpy as np
 
 from .._kernels.factor import mu_apply, mu_apply_gram
-from .._validation import mu_exponent
 from .._memory import aligned_like
+from .._validation import mu_exponent
 from ._base import Solver
 
 
