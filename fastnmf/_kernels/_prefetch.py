@@ -54,10 +54,12 @@ def prefetch_row(B, j):
 
 
 @inline_helper
-def prefetch_four_ahead(B, indices, p, nnz):
-    """Hint the rows of B of the four nonzeros ``PREFETCH_DISTANCE`` after position p (the
-    kernels consume nonzeros four at a time); nothing near the end of the matrix."""
+def take_four(B, indices, p, nnz):
+    """The column indices of nonzeros p .. p+3, after hinting the rows of B of the four
+    nonzeros ``PREFETCH_DISTANCE`` later (the CSR kernels consume nonzeros four at a time;
+    no hint near the end of the matrix)."""
     q = p + PREFETCH_DISTANCE
     if q + 3 < nnz:
         for t in range(q, q + 4):
             prefetch_row(B, indices[t])
+    return indices[p], indices[p + 1], indices[p + 2], indices[p + 3]

@@ -18,7 +18,7 @@ import numpy as np
 from numba import prange
 
 from .._jit import inline_helper, parallel_kernel
-from ._prefetch import prefetch_four_ahead
+from ._prefetch import take_four
 from ._scalar import beta_divergence_entry
 
 N_CHUNKS = 256  # row ranges per call; static scheduling hands each thread ~N_CHUNKS/threads
@@ -95,11 +95,7 @@ def csr_times_dense(indptr, indices, data, B, out):
             p = indptr[i]
             end = indptr[i + 1]
             while p + 3 < end:
-                prefetch_four_ahead(B, indices, p, nnz)
-                j0 = indices[p]
-                j1 = indices[p + 1]
-                j2 = indices[p + 2]
-                j3 = indices[p + 3]
+                j0, j1, j2, j3 = take_four(B, indices, p, nnz)
                 x0 = data[p]
                 x1 = data[p + 1]
                 x2 = data[p + 2]
@@ -134,11 +130,7 @@ def csr_kl_numerator(indptr, indices, data, F, G, eps, out):
             p = indptr[i]
             end = indptr[i + 1]
             while p + 3 < end:
-                prefetch_four_ahead(G, indices, p, nnz)
-                j0 = indices[p]
-                j1 = indices[p + 1]
-                j2 = indices[p + 2]
-                j3 = indices[p + 3]
+                j0, j1, j2, j3 = take_four(G, indices, p, nnz)
                 a0, a1, a2, a3 = four_dots(F, i, G, j0, j1, j2, j3, zero)
                 v0 = data[p] / (a0 if a0 > eps else eps)
                 v1 = data[p + 1] / (a1 if a1 > eps else eps)
@@ -176,9 +168,8 @@ def csr_kl_loss_rows(indptr, indices, data, F, G, eps, loss_rows):
             p = indptr[i]
             end = indptr[i + 1]
             while p + 3 < end:
-                prefetch_four_ahead(G, indices, p, nnz)
-                a0, a1, a2, a3 = four_dots(F, i, G, indices[p], indices[p + 1],
-                                           indices[p + 2], indices[p + 3], zero)
+                j0, j1, j2, j3 = take_four(G, indices, p, nnz)
+                a0, a1, a2, a3 = four_dots(F, i, G, j0, j1, j2, j3, zero)
                 acc += ((kl_nonzero_term(data[p], a0, eps)
                          + kl_nonzero_term(data[p + 1], a1, eps))
                         + (kl_nonzero_term(data[p + 2], a2, eps)
