@@ -8,7 +8,7 @@ X.T, result n x r), and ``F`` / ``G`` denote (W, Ht) or (Ht, W) respectively.
 - ``product(side, G, out)``:        X @ Ht   or  X.T @ W
 - ``beta_terms(side, F, G, beta, num, den)``: the MU numerator (A o (FG^T)^(beta-2)) G and
   denominator (FG^T)^(beta-1) G, beta != 2
-- ``loss(W, Ht, beta)``:           D_beta(X | W Ht^T) in float64, never forming an m x n
+- ``loss(W, Ht, beta, cross_from)``: D_beta(X | W Ht^T) in float64, never forming an m x n
   product for sparse X (Gram identity for beta = 2, column sums for beta = 1).
 """
 import numpy as np
@@ -30,9 +30,11 @@ def wh_guard(dtype, beta):
 
 
 class _Operator:
-    def frobenius_loss(self, W, Ht, cross=None):
+    def frobenius_loss(self, W, Ht, cross_from=None):
         """0.5 ||X - W Ht^T||^2 = 0.5 (||X||^2 - 2 <W, X Ht> + <W^T W, Ht^T Ht>), in float64.
-        ``cross`` = <W, X Ht> when the caller already has it (then no product with X).
+        ``cross_from`` = (F, P) with <F, P> = <W, X Ht>, when the caller already has the
+        product P (then no product with X); used only for float64 data, where it is exact
+        enough, so a float32 fit never pays for a float64 copy of F and P.
 
         The identity subtracts numbers of the size of ||X||^2 to get a loss that can be 1e-5
         of it, so every term must be float64-accurate: for float32 data a float32 X Ht (and
@@ -43,7 +45,9 @@ class _Operator:
         H64 = Ht.astype(np.float64, copy=False)
         if self.dtype != np.float64:
             cross = self.cross64(W64, H64)
-        elif cross is None:
+        elif cross_from is not None:
+            cross = float(np.vdot(*cross_from))
+        else:
             cross = float(np.vdot(W64, self.product("W", H64, np.empty_like(W64))))
         quad = float(np.sum((W64.T @ W64) * (H64.T @ H64)))
         return max(0.5 * (self.sq_norm - 2.0 * cross + quad), 0.0)
@@ -90,13 +94,13 @@ class CsrOperator(_Operator):
             ks.csr_beta_all_entries(A.indptr, A.indices, A.data, F, G, T(beta), eps,
                                     num, den, self._loss_rows, True, False)
 
-    def loss(self, W, Ht, beta, cross=None):
-        """D_beta(X | W Ht^T). ``cross`` may pass <W, X Ht> when the caller has X Ht."""
+    def loss(self, W, Ht, beta, cross_from=None):
+        """D_beta(X | W Ht^T). ``cross_from``: see ``frobenius_loss`` (beta = 2 only)."""
         X = self.X
         m = self.shape[0]
         rows = self._loss_rows[:m]
         if beta == 2:
-            return self.frobenius_loss(W, Ht, cross)
+            return self.frobenius_loss(W, Ht, cross_from)
         eps = wh_guard(self.dtype, beta)
         if beta == 1:
             ks.csr_kl_loss_rows(X.indptr, X.indices, X.data, W, Ht, eps, rows)
@@ -157,9 +161,9 @@ class DenseOperator(_Operator):
         if beta == 1:
             den[...] = G.sum(axis=0)
 
-    def loss(self, W, Ht, beta, cross=None):
+    def loss(self, W, Ht, beta, cross_from=None):
         if beta == 2:
-            return self.frobenius_loss(W, Ht, cross)
+            return self.frobenius_loss(W, Ht, cross_from)
         m = self.shape[0]
         rows = self._loss_rows[:m]
         T = self.dtype.type

@@ -554,10 +554,10 @@ def test_operator_loss(fmt, dtype, beta, threads):
     W0, Ht0 = W.copy(), Ht.copy()
     assert_scalar_close(op.loss(W, Ht, beta), expected, RTOL_LOSS[dtype], f"loss beta={beta}")
     assert np.array_equal(W, W0) and np.array_equal(Ht, Ht0), "loss modified the factors"
-    if beta == 2:   # with <W, X Ht> passed in by the caller
-        cross = float((ref.dense64(Xin) * (ref.f64(W) @ ref.f64(Ht).T)).sum())
-        assert_scalar_close(op.loss(W, Ht, beta, cross=cross), expected, RTOL_LOSS[dtype],
-                            "loss with cross")
+    if beta == 2:   # with the product X Ht passed in by the caller: <W, X Ht> = <W, P>
+        P = np.ascontiguousarray(ref.dense64(Xin) @ ref.f64(Ht))
+        assert_scalar_close(op.loss(W, Ht, beta, cross_from=(ref.f64(W), P)), expected,
+                            RTOL_LOSS[dtype], "loss with cross")
     # a second, different evaluation on the same operator (no stale buffers)
     W2 = np.ascontiguousarray(W[::-1])
     assert_scalar_close(op.loss(W2, Ht, beta),

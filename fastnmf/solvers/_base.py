@@ -37,12 +37,7 @@ class Solver:
         return (self.W, self.Ht) if side == "W" else (self.Ht, self.W)
 
     def data_loss(self):
-        cross = None
-        if self._cross_from is not None:
-            F, P = self._cross_from
-            cross = float(np.vdot(F.astype(np.float64, copy=False),
-                                  P.astype(np.float64, copy=False)))
-        return self.op.loss(self.W, self.Ht, self.beta, cross=cross)
+        return self.op.loss(self.W, self.Ht, self.beta, cross_from=self._cross_from)
 
     def objective(self):
         """Data loss plus penalties, float64, at the current factors."""
@@ -59,5 +54,5 @@ class Solver:
 
     def _remember_cross(self, F, P):
         """After F was updated with P = A G and G is unchanged, <F, P> = <W, X Ht>: the
-        Frobenius loss then needs no product with X. Evaluated only if a loss is wanted."""
+        Frobenius loss may then skip its product with X (the operator decides; float64 only)."""
         self._cross_from = (F, P)
