@@ -9,6 +9,7 @@ slowed float32 down (its loop was bound by that update chain, not by the loads);
 kernels took four nonzeros per update they pay in float32 too (X^T W 12.4 -> 10.1 ms at 2
 threads, 25.3 -> 14.9 ms at 1). A prefetch never faults and never changes a result.
 """
+import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -16,6 +17,7 @@ from numba.extending import intrinsic
 
 from .._jit import inline_helper
 
+U = np.uint64             # the kernels' index type (see sparse.py)
 PREFETCH_DISTANCE = 16   # nonzeros ahead (8-32 measured alike; 4 too short)
 LINE = 64                # bytes per cache line
 
@@ -55,11 +57,12 @@ def prefetch_row(B, j):
 
 @inline_helper
 def take_four(B, indices, p, nnz):
-    """The column indices of nonzeros p .. p+3, after hinting the rows of B of the four
-    nonzeros ``PREFETCH_DISTANCE`` later (the CSR kernels consume nonzeros four at a time;
-    no hint near the end of the matrix)."""
-    q = p + PREFETCH_DISTANCE
-    if q + 3 < nnz:
-        for t in range(q, q + 4):
+    """The column indices of nonzeros p .. p+3 as unsigned integers (see ``sparse.py``),
+    after hinting the rows of B of the four nonzeros ``PREFETCH_DISTANCE`` later (the CSR
+    kernels consume nonzeros four at a time; no hint near the end of the matrix). ``p`` and
+    ``nnz`` are ``np.uint64``."""
+    q = p + U(PREFETCH_DISTANCE)
+    if q + U(3) < nnz:
+        for t in range(q, q + U(4)):
             prefetch_row(B, indices[t])
-    return indices[p], indices[p + 1], indices[p + 2], indices[p + 3]
+    return U(indices[p]), U(indices[p + U(1)]), U(indices[p + U(2)]), U(indices[p + U(3)])
