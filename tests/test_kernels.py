@@ -325,6 +325,41 @@ def test_csr_kernels_do_not_depend_on_where_the_factors_start(dtype, r):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("r", [1, 3, 4, 5, 8, 12, 17, 20, 33])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_row_kernels_every_vector_remainder(dtype, r):
+    """The row kernels' inner loops run over r elements: vectors of 4 (float64) or 8
+    (float32) lanes, one or two per iteration, and a remainder; these ranks hit a row
+    shorter than a vector, exact multiples, and every kind of remainder, for the CSR
+    products, the KL numerator and loss, and the HALS sweeps."""
+    rng = np.random.default_rng(r)
+    X = make_X(dtype)
+    A = make_csr(X, np.int32, explicit_zeros=2)
+    AT = csr_transpose(A, np.int32)
+    W = np.ascontiguousarray(rng.uniform(0.2, 1.2, (M, r)), dtype=dtype)
+    Ht = np.ascontiguousarray(rng.uniform(0.2, 1.2, (N, r)), dtype=dtype)
+    eps = kernel_eps(dtype)
+    for mat, F, G, what in ((A, W, Ht, "side W"), (AT, Ht, W, "side H")):
+        out = np.full(F.shape, np.nan, dtype=dtype)
+        ks.csr_times_dense(mat.indptr, mat.indices, mat.data, G, out)
+        assert_close(out, ref.product(mat, G), RTOL[dtype], f"product {what} r={r}")
+        out = np.full(F.shape, np.nan, dtype=dtype)
+        ks.csr_kl_numerator(mat.indptr, mat.indices, mat.data, F, G, eps, out)
+        assert_close(out, ref.kl_numerator(mat, F, G, float(eps)), RTOL[dtype],
+                     f"KL numerator {what} r={r}")
+    rows = np.full(M, np.nan)
+    ks.csr_kl_loss_rows(A.indptr, A.indices, A.data, W, Ht, eps, rows)
+    Y = ref.guarded_model(W, Ht, float(eps))
+    assert_close(rows, ref.beta_divergence_rows(A, Y, 1) - Y.sum(axis=1), RTOL_LOSS[dtype],
+                 f"KL loss rows r={r}")
+    Xp = make_X(dtype, positive=True).astype(np.float64)   # no all-zero row of P to clip
+    P = (Xp @ Ht.astype(np.float64)).astype(dtype)
+    Q = (Ht.T.astype(np.float64) @ Ht.astype(np.float64)).astype(dtype)
+    expected = ref.hals_sweeps(W, P, Q, 0.0, 1, 0.0)
+    kf.hals_sweeps(W, P, Q, dtype(0), 1, dtype(0))
+    assert_close(W, expected, RTOL[dtype], f"one HALS sweep r={r}")
+
+
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
 @pytest.mark.parametrize("idx_dtype", IDX_DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -950,3 +985,39 @@ def test_float32_stays_float32(fmt):
             assert s.W.dtype == np.float32 and s.Ht.dtype == np.float32
     bad = _widening_signatures()
     assert not bad, "float32 kernels called with float64 scalars: " + "; ".join(bad)
+
+
+# ------------------------------------------------------------------------------------------
+# compilation
+
+def _row_sum(A, out):
+    for i in numba.prange(A.shape[0]):
+        acc = A[i, 0] - A[i, 0]
+        for k in range(A.shape[1]):
+            acc += A[i, k]
+        out[i] = acc
+
+
+def test_row_kernel_interleave_option_is_scoped_to_its_float64_compiles(monkeypatch):
+    """row_kernel sets LLVM's global interleave option only while a float64 signature
+    compiles and always resets it to LLVM's default (0, automatic), so other Numba code in
+    the process compiles as usual, also after a compile that fails."""
+    from fastnmf import _jit
+    calls = []
+    real = _jit.llvm.set_option
+    monkeypatch.setattr(_jit.llvm, "set_option", lambda *a: (calls.append(a[1]), real(*a)))
+    disp = _jit._RowKernelDispatcher(py_func=_row_sum, locals={},
+                                     targetoptions=dict(nopython=True, parallel=True))
+    out = np.empty(3, dtype=np.float32)
+    disp(np.ones((3, 5), dtype=np.float32), out)
+    assert calls == [] and (out == 5).all()          # float32: LLVM's default
+    out64 = np.empty(3)
+    disp(np.ones((3, 5)), out64)
+    assert calls == ["-force-vector-interleave=1", "-force-vector-interleave=0"]
+    assert (out64 == 5).all()
+    calls.clear()
+    with pytest.raises(numba.core.errors.TypingError):
+        disp(np.ones((3, 5)), "not an array")
+    assert calls == ["-force-vector-interleave=1", "-force-vector-interleave=0"]
+    # the library's row kernels are cached like every other kernel
+    assert type(ks.csr_times_dense._cache).__name__ == "FunctionCache"

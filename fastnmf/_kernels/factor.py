@@ -13,7 +13,7 @@ race and the result does not depend on the thread count.
 import numpy as np
 from numba import prange
 
-from .._jit import inline_helper, parallel_kernel
+from .._jit import inline_helper, parallel_kernel, row_kernel
 
 
 @inline_helper
@@ -70,7 +70,7 @@ def mu_apply_gram(F, num, gram, l1, l2, gamma, tiny):
 ROW_GROUP = 8  # rows swept together: their dependency chains overlap in the CPU
 
 
-@parallel_kernel
+@row_kernel
 def hals_sweeps(F, P, Q, l1, max_sweeps, delta_sq):
     """Coordinate descent on the rows of F for  min 0.5 f Q f^T - (P_i - l1) . f,  f >= 0.
 

@@ -24,7 +24,7 @@ import math
 import numpy as np
 from numba import prange
 
-from .._jit import inline_helper, parallel_kernel
+from .._jit import inline_helper, parallel_kernel, row_kernel
 from ._prefetch import U, take_four
 from ._scalar import beta_divergence_entry
 
@@ -83,7 +83,7 @@ def kl_nonzero_term(x, wh, eps):
     return xf * math.log(xf / float(wh)) - xf
 
 
-@parallel_kernel
+@row_kernel
 def csr_times_dense(indptr, indices, data, B, out):
     """out = A @ B for CSR A (m x n) and dense B (n x r).
 
@@ -118,7 +118,7 @@ def csr_times_dense(indptr, indices, data, B, out):
                 p += U(1)
 
 
-@parallel_kernel
+@row_kernel
 def csr_kl_numerator(indptr, indices, data, F, G, eps, out):
     """out[i] = sum over nonzeros j of x_ij / max(F_i . G_j, eps) * G_j  (the KL MU numerator).
 
@@ -157,7 +157,7 @@ def csr_kl_numerator(indptr, indices, data, F, G, eps, out):
                 p += U(1)
 
 
-@parallel_kernel
+@row_kernel
 def csr_kl_loss_rows(indptr, indices, data, F, G, eps, loss_rows):
     """loss_rows[i] = sum over nonzeros of x log(x / wh) - x, in float64.
 
