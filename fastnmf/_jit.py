@@ -14,19 +14,24 @@ pass options of their own (see docs/architecture.md).
 
 ``row_kernel`` is ``parallel_kernel`` for kernels whose inner loops run over one factor row
 of r elements (r ~ 10-64) per nonzero or per coordinate: the CSR gather kernels and the HALS
-sweeps. LLVM vectorizes such a loop 4 float64 lanes wide and by default interleaves two
-vectors per iteration, so a float64 row of r = 20 ran 16 elements vectorized and 4 in a
-scalar remainder loop, every time. Float64 signatures of these kernels are compiled with the
-interleave count forced to 1 (LLVM's ``-force-vector-interleave``, set only while such a
-signature compiles, under Numba's compiler lock, then reset to LLVM's default 0 = automatic):
-r = 20 is five vectors and no remainder. Measured on 2.24M nonzeros, float64, r = 10-32:
-products 1.12-1.37x, KL numerator 0.94-1.15x, HALS sweeps 0.95-1.21x (r = 32, already a
-multiple of 8, about unchanged). float32 keeps LLVM's default: at r = 20 (8 lanes, the same
-4-element remainder either way) the product and the sweeps were 0.86-0.94x with it.
+sweeps. LLVM vectorizes such a loop in 32-byte vectors (4 float64 / 8 float32 lanes) and by
+default interleaves two vectors per iteration; what is left goes to a scalar loop. A float64
+row of r = 20 thus ran 16 elements vectorized and 4 scalar, every time. Numba has no
+per-function switch for this, so a row kernel is compiled twice, lazily: as usual, and with
+LLVM's interleave count forced to 1 (``-force-vector-interleave``, set only while that copy
+compiles, under Numba's compiler lock, then reset to LLVM's default 0 = automatic). A call
+takes the second when r mod (2 lanes) >= lanes, i.e. when the default would leave at least
+a whole vector to the scalar loop (float64 r = 20: five vectors, no remainder). Measured with
+both compiled in one process (2.24M nonzeros, 2 threads, alternating order): float64 r = 20
+product 1.21x, KL numerator 1.08x, HALS sweeps 1.23x; r = 30 1.07x / 1.05x / 1.20x; float32
+r = 24 1.22x / 1.22x / 1.34x. Where the rule keeps the default the forced copy was no better
+(float64 r = 32 sweeps 0.86x, float32 r = 20 product 0.85x).
 """
+import functools
+import types as pytypes
+
 import llvmlite.binding as llvm
 import numba
-from numba.core import sigutils, types
 from numba.core.compiler_lock import global_compiler_lock
 from numba.core.registry import CPUDispatcher
 
@@ -51,16 +56,11 @@ def inline_helper(func):
     return numba.njit(inline="always", **_COMMON)(func)
 
 
-class _RowKernelDispatcher(CPUDispatcher):
-    """Compiles a signature with a 2-D float64 argument (float64 factor rows) with LLVM's
-    loop interleave count 1 (see the module docstring), any other as usual. A load from the
-    on-disk cache goes through ``compile`` too and is unaffected."""
+class _InterleaveOneDispatcher(CPUDispatcher):
+    """Compiles with LLVM's loop interleave count 1 (see the module docstring). A load from
+    the on-disk cache goes through ``compile`` too and is unaffected."""
 
     def compile(self, sig):
-        args, _ = sigutils.normalize_signature(sig)
-        if not any(isinstance(a, types.Array) and a.ndim == 2 and a.dtype == types.float64
-                   for a in args):
-            return super().compile(sig)
         with global_compiler_lock:  # re-entrant; no other Numba compile runs meanwhile
             llvm.set_option("", "-force-vector-interleave=1")
             try:
@@ -69,9 +69,42 @@ class _RowKernelDispatcher(CPUDispatcher):
                 llvm.set_option("", "-force-vector-interleave=0")
 
 
+VECTOR_BYTES = 32  # AVX2
+
+
+class RowKernel:
+    """A ``parallel_kernel`` compiled as usual and with loop interleave count 1; a call picks
+    one by the row length r of its first 2-D array argument (the factor rows)."""
+
+    def __init__(self, func):
+        functools.update_wrapper(self, func)
+        self.py_func = func
+        self.interleaved = numba.njit(parallel=True, **_COMMON)(func)
+        copy = pytypes.FunctionType(func.__code__, func.__globals__, func.__name__,
+                                    func.__defaults__, func.__closure__)
+        copy.__module__ = func.__module__
+        copy.__qualname__ = func.__qualname__ + "_interleave1"   # its own cache entry
+        self.single = _InterleaveOneDispatcher(
+            py_func=copy, locals={}, targetoptions=dict(nopython=True, parallel=True, **_OPTS))
+        self.single.enable_caching()
+
+    @property
+    def signatures(self):
+        """The signatures compiled so far, by either copy."""
+        return self.interleaved.signatures + self.single.signatures
+
+    def for_rows(self, rows):
+        """The compiled kernel for factor rows like the 2-D array ``rows``."""
+        lanes = max(1, VECTOR_BYTES // rows.itemsize)
+        return self.single if rows.shape[1] % (2 * lanes) >= lanes else self.interleaved
+
+    def __call__(self, *args):
+        for a in args:
+            if getattr(a, "ndim", 0) == 2:
+                return self.for_rows(a)(*args)
+        raise TypeError(f"{self.__name__}: no 2-D array argument (the factor rows)")
+
+
 def row_kernel(func):
-    """Compile ``func`` like ``parallel_kernel``; float64 rows with loop interleave count 1."""
-    disp = _RowKernelDispatcher(py_func=func, locals={},
-                                targetoptions=dict(nopython=True, parallel=True, **_OPTS))
-    disp.enable_caching()
-    return disp
+    """Compile ``func`` as a ``RowKernel`` (see the module docstring)."""
+    return RowKernel(func)

@@ -998,26 +998,42 @@ def _row_sum(A, out):
         out[i] = acc
 
 
-def test_row_kernel_interleave_option_is_scoped_to_its_float64_compiles(monkeypatch):
-    """row_kernel sets LLVM's global interleave option only while a float64 signature
-    compiles and always resets it to LLVM's default (0, automatic), so other Numba code in
-    the process compiles as usual, also after a compile that fails."""
+def test_interleave_option_is_scoped_to_the_compile(monkeypatch):
+    """The forced interleave count is LLVM-global: it must be set only while a row kernel's
+    second copy compiles and always reset to LLVM's default (0, automatic), also after a
+    compile that fails, so other Numba code in the process compiles as usual."""
     from fastnmf import _jit
     calls = []
     real = _jit.llvm.set_option
     monkeypatch.setattr(_jit.llvm, "set_option", lambda *a: (calls.append(a[1]), real(*a)))
-    disp = _jit._RowKernelDispatcher(py_func=_row_sum, locals={},
-                                     targetoptions=dict(nopython=True, parallel=True))
-    out = np.empty(3, dtype=np.float32)
-    disp(np.ones((3, 5), dtype=np.float32), out)
-    assert calls == [] and (out == 5).all()          # float32: LLVM's default
-    out64 = np.empty(3)
-    disp(np.ones((3, 5)), out64)
+    disp = _jit._InterleaveOneDispatcher(py_func=_row_sum, locals={},
+                                         targetoptions=dict(nopython=True, parallel=True))
+    out = np.empty(3)
+    disp(np.ones((3, 5)), out)
     assert calls == ["-force-vector-interleave=1", "-force-vector-interleave=0"]
-    assert (out64 == 5).all()
+    assert (out == 5).all()
     calls.clear()
     with pytest.raises(numba.core.errors.TypingError):
         disp(np.ones((3, 5)), "not an array")
     assert calls == ["-force-vector-interleave=1", "-force-vector-interleave=0"]
-    # the library's row kernels are cached like every other kernel
-    assert type(ks.csr_times_dense._cache).__name__ == "FunctionCache"
+
+
+@pytest.mark.parametrize("dtype,r,single", [
+    (np.float64, 20, True), (np.float64, 30, True), (np.float64, 12, True),
+    (np.float64, 32, False), (np.float64, 10, False), (np.float64, 3, False),
+    (np.float32, 24, True), (np.float32, 8, True), (np.float32, 20, False),
+    (np.float32, 32, False)])
+def test_row_kernel_takes_the_single_vector_copy_when_a_vector_would_be_left(dtype, r, single):
+    """r mod (2 lanes) >= lanes (4 float64 / 8 float32 lanes): the default two vectors per
+    iteration would leave a whole vector to the scalar loop."""
+    rows = np.zeros((3, r), dtype=dtype)
+    chosen = ks.csr_times_dense.for_rows(rows)
+    assert chosen is (ks.csr_times_dense.single if single else ks.csr_times_dense.interleaved)
+    # both copies are cached on disk like every other kernel, under their own names
+    assert type(chosen._cache).__name__ == "FunctionCache"
+    assert ks.csr_times_dense.single.py_func.__qualname__.endswith("_interleave1")
+
+
+def test_row_kernel_needs_a_factor_argument():
+    with pytest.raises(TypeError, match="2-D"):
+        ks.csr_times_dense(np.zeros(2, np.int32))
