@@ -16,8 +16,9 @@ Positions in the CSR arrays and gathered column indices are unsigned (``U``) ins
 gather loops. For a signed index Numba emits a negative-index wraparound (compare and select)
 on every access, which LLVM cannot remove for values loaded from ``indptr``/``indices``; the
 operators validate those arrays (0 <= index < n, indptr non-decreasing) before any kernel
-runs, so the wraparound is never needed. Dropping it made the products 1.2-1.3x faster (50k
-problem, both dtypes) with bitwise-identical results.
+runs, so the wraparound is never needed. Dropping it made the products 1.13-1.25x and the
+KL numerator 1.18-1.29x faster (50k r = 20 and 300k r = 32, both dtypes; results bitwise
+identical).
 """
 import math
 
