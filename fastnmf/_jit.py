@@ -98,11 +98,19 @@ class RowKernel:
         lanes = max(1, VECTOR_BYTES // rows.itemsize)
         return self.single if rows.shape[1] % (2 * lanes) >= lanes else self.interleaved
 
+    def __reduce__(self):  # pickled by reference, like a module-level jitted function
+        return _module_attribute, (self.__module__, self.__name__)
+
     def __call__(self, *args):
         for a in args:
             if getattr(a, "ndim", 0) == 2:
                 return self.for_rows(a)(*args)
         raise TypeError(f"{self.__name__}: no 2-D array argument (the factor rows)")
+
+
+def _module_attribute(module, name):
+    import importlib
+    return getattr(importlib.import_module(module), name)
 
 
 def row_kernel(func):

@@ -1034,6 +1034,12 @@ def test_row_kernel_takes_the_single_vector_copy_when_a_vector_would_be_left(dty
     assert ks.csr_times_dense.single.py_func.__qualname__.endswith("_interleave1")
 
 
+def test_row_kernels_pickle_by_reference():
+    import pickle
+    for kern in (ks.csr_times_dense, ks.csr_kl_numerator, ks.csr_kl_loss_rows, kf.hals_sweeps):
+        assert pickle.loads(pickle.dumps(kern)) is kern
+
+
 def test_row_kernel_needs_a_factor_argument():
     with pytest.raises(TypeError, match="2-D"):
         ks.csr_times_dense(np.zeros(2, np.int32))
