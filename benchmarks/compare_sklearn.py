@@ -185,16 +185,19 @@ def fit_sklearn(X, W0, H0, r, n_iter, kw):
     return elapsed, W, model.components_, 0.5 * float(model.reconstruction_err_) ** 2
 
 
-def warm_up():
-    """Compile (or load from cache) every kernel the timed fits use, dense and CSR, float64."""
+def warm_up(dtype="float64"):
+    """Compile (or load from cache) every kernel the timed fits use, dense and CSR, in the
+    run's dtype. Ranks 4 and 8 reach both compiled copies of the row kernels (fastnmf picks
+    one by the rank: ``fastnmf._jit.RowKernel``)."""
     t = time.perf_counter()
-    Xs = make_sparse_counts(300, 200, 3_000, 5, random_state=1)
-    Xd = make_dense_images(100, 64, 5, random_state=1)
+    Xs = make_sparse_counts(300, 200, 3_000, 5, random_state=1).astype(dtype)
+    Xd = make_dense_images(100, 64, 5, random_state=1).astype(dtype)
     for X in (Xs, Xd):
-        W0, H0 = make_start(X, 4, "random")
-        for _, fkw, skw, _ in PAIRS:
-            fit_fastnmf(X, W0, H0, 4, 3, fkw)
-            fit_sklearn(X, W0, H0, 4, 3, skw)
+        for r in (4, 8):
+            W0, H0 = make_start(X, r, "random")
+            for _, fkw, skw, _ in PAIRS:
+                fit_fastnmf(X, W0, H0, r, 3, fkw)
+                fit_sklearn(X, W0, H0, r, 3, skw)
     return time.perf_counter() - t
 
 
@@ -311,7 +314,7 @@ def main(argv=None):
           + ", ".join(f"{q['internal_api']} {q['version']} x{q['num_threads']}"
                       for q in env["threadpools"]))
     load0 = os.getloadavg()
-    warm = warm_up()
+    warm = warm_up(args.dtype)
     print(f"JIT warm-up: {warm:.1f} s; init={args.init}; repeats={repeats}; load average "
           f"{load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} (other processes slow down the "
           f"{N_THREADS}-thread parallel regions)\n")

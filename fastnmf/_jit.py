@@ -25,7 +25,8 @@ a whole vector to the scalar loop (float64 r = 20: five vectors, no remainder). 
 both compiled in one process (2.24M nonzeros, 2 threads, alternating order): float64 r = 20
 product 1.21x, KL numerator 1.08x, HALS sweeps 1.23x; r = 30 1.07x / 1.05x / 1.20x; float32
 r = 24 1.22x / 1.22x / 1.34x. Where the rule keeps the default the forced copy was no better
-(float64 r = 32 sweeps 0.86x, float32 r = 20 product 0.85x).
+(float64 r = 32 sweeps 0.86x, float32 r = 20 product 0.85x). Measured at float64 r = 10, 20,
+30, 32 and float32 r = 16, 20, 24, 32; other ranks follow the rule untested.
 """
 import functools
 import types as pytypes
@@ -56,30 +57,48 @@ def inline_helper(func):
     return numba.njit(inline="always", **_COMMON)(func)
 
 
+# LLVM before 15 (llvmlite < 0.44, Numba < 0.61) rejects a command-line option given a second
+# time, silently, so the reset would not happen and every later compile in the process would
+# keep interleave 1. There the row kernels are compiled once, the usual way.
+CAN_SCOPE_INTERLEAVE = llvm.llvm_version_info >= (15,)
+
+_forced = [0]  # depth of nested forced compiles; only the outermost one resets
+
+
 class _InterleaveOneDispatcher(CPUDispatcher):
     """Compiles with LLVM's loop interleave count 1 (see the module docstring). A load from
     the on-disk cache goes through ``compile`` too and is unaffected."""
 
     def compile(self, sig):
         with global_compiler_lock:  # re-entrant; no other Numba compile runs meanwhile
-            llvm.set_option("", "-force-vector-interleave=1")
+            if _forced[0] == 0:
+                llvm.set_option("", "-force-vector-interleave=1")
+            _forced[0] += 1
             try:
                 return super().compile(sig)
             finally:
-                llvm.set_option("", "-force-vector-interleave=0")
+                _forced[0] -= 1
+                if _forced[0] == 0:
+                    llvm.set_option("", "-force-vector-interleave=0")
 
 
-VECTOR_BYTES = 32  # AVX2
+VECTOR_BYTES = 32  # AVX2; on wider hardware the choice may be off (speed only, never results)
 
 
 class RowKernel:
     """A ``parallel_kernel`` compiled as usual and with loop interleave count 1; a call picks
-    one by the row length r of its first 2-D array argument (the factor rows)."""
+    one by the row length r of its first 2-D array argument (the factor rows). The two copies
+    add the row's products in different orders in their dot products (the KL kernels and the
+    sweeps), so their results can differ in the last bits; each is deterministic and
+    independent of the thread count."""
 
     def __init__(self, func):
         functools.update_wrapper(self, func)
         self.py_func = func
         self.interleaved = numba.njit(parallel=True, **_COMMON)(func)
+        if not CAN_SCOPE_INTERLEAVE:
+            self.single = self.interleaved
+            return
         copy = pytypes.FunctionType(func.__code__, func.__globals__, func.__name__,
                                     func.__defaults__, func.__closure__)
         copy.__module__ = func.__module__
@@ -91,6 +110,8 @@ class RowKernel:
     @property
     def signatures(self):
         """The signatures compiled so far, by either copy."""
+        if self.single is self.interleaved:
+            return self.interleaved.signatures
         return self.interleaved.signatures + self.single.signatures
 
     def for_rows(self, rows):
@@ -101,10 +122,10 @@ class RowKernel:
     def __reduce__(self):  # pickled by reference, like a module-level jitted function
         return _module_attribute, (self.__module__, self.__name__)
 
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
         for a in args:
             if getattr(a, "ndim", 0) == 2:
-                return self.for_rows(a)(*args)
+                return self.for_rows(a)(*args, **kwargs)
         raise TypeError(f"{self.__name__}: no 2-D array argument (the factor rows)")
 
 

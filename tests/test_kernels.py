@@ -325,30 +325,36 @@ def test_csr_kernels_do_not_depend_on_where_the_factors_start(dtype, r):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("copy", ["interleaved", "single"])
 @pytest.mark.parametrize("r", [1, 3, 4, 5, 8, 12, 17, 20, 33])
+@pytest.mark.parametrize("idx_dtype", IDX_DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_row_kernels_every_vector_remainder(dtype, r):
+def test_row_kernels_every_vector_remainder(dtype, idx_dtype, r, copy):
     """The row kernels' inner loops run over r elements: vectors of 4 (float64) or 8
     (float32) lanes, one or two per iteration, and a remainder; these ranks hit a row
     shorter than a vector, exact multiples, and every kind of remainder, for the CSR
-    products, the KL numerator and loss, and the HALS sweeps."""
+    products, the KL numerator and loss, and the HALS sweeps, in both compiled copies of
+    each (whichever the rank would pick)."""
+    kern = {name: getattr(mod, name).__dict__[copy] for mod, name in (
+        (ks, "csr_times_dense"), (ks, "csr_kl_numerator"), (ks, "csr_kl_loss_rows"),
+        (kf, "hals_sweeps"))}
     rng = np.random.default_rng(r)
     X = make_X(dtype)
-    A = make_csr(X, np.int32, explicit_zeros=2)
-    AT = csr_transpose(A, np.int32)
+    A = make_csr(X, idx_dtype, explicit_zeros=2)
+    AT = csr_transpose(A, idx_dtype)
     W = np.ascontiguousarray(rng.uniform(0.2, 1.2, (M, r)), dtype=dtype)
     Ht = np.ascontiguousarray(rng.uniform(0.2, 1.2, (N, r)), dtype=dtype)
     eps = kernel_eps(dtype)
     for mat, F, G, what in ((A, W, Ht, "side W"), (AT, Ht, W, "side H")):
         out = np.full(F.shape, np.nan, dtype=dtype)
-        ks.csr_times_dense(mat.indptr, mat.indices, mat.data, G, out)
+        kern["csr_times_dense"](mat.indptr, mat.indices, mat.data, G, out)
         assert_close(out, ref.product(mat, G), RTOL[dtype], f"product {what} r={r}")
         out = np.full(F.shape, np.nan, dtype=dtype)
-        ks.csr_kl_numerator(mat.indptr, mat.indices, mat.data, F, G, eps, out)
+        kern["csr_kl_numerator"](mat.indptr, mat.indices, mat.data, F, G, eps, out)
         assert_close(out, ref.kl_numerator(mat, F, G, float(eps)), RTOL[dtype],
                      f"KL numerator {what} r={r}")
     rows = np.full(M, np.nan)
-    ks.csr_kl_loss_rows(A.indptr, A.indices, A.data, W, Ht, eps, rows)
+    kern["csr_kl_loss_rows"](A.indptr, A.indices, A.data, W, Ht, eps, rows)
     Y = ref.guarded_model(W, Ht, float(eps))
     assert_close(rows, ref.beta_divergence_rows(A, Y, 1) - Y.sum(axis=1), RTOL_LOSS[dtype],
                  f"KL loss rows r={r}")
@@ -356,7 +362,7 @@ def test_row_kernels_every_vector_remainder(dtype, r):
     P = (Xp @ Ht.astype(np.float64)).astype(dtype)
     Q = (Ht.T.astype(np.float64) @ Ht.astype(np.float64)).astype(dtype)
     expected = ref.hals_sweeps(W, P, Q, 0.0, 1, 0.0)
-    kf.hals_sweeps(W, P, Q, dtype(0), 1, dtype(0))
+    kern["hals_sweeps"](W, P, Q, dtype(0), 1, dtype(0))
     assert_close(W, expected, RTOL[dtype], f"one HALS sweep r={r}")
 
 
@@ -998,24 +1004,56 @@ def _row_sum(A, out):
         out[i] = acc
 
 
+def _mnemonics(disp):
+    """The multiset of instruction mnemonics of a dispatcher's only compiled signature."""
+    import collections
+    asm = disp.inspect_asm(disp.signatures[0])
+    return collections.Counter(
+        line.split()[0] for line in asm.splitlines()
+        if line.startswith("\t") and not line.lstrip().startswith("."))
+
+
 def test_interleave_option_is_scoped_to_the_compile(monkeypatch):
     """The forced interleave count is LLVM-global: it must be set only while a row kernel's
     second copy compiles and always reset to LLVM's default (0, automatic), also after a
-    compile that fails, so other Numba code in the process compiles as usual."""
+    compile that fails, so other Numba code in the process compiles as usual. Checked on
+    the generated code: the same function compiled before and after a forced compile is
+    the same machine code, and the forced one differs."""
     from fastnmf import _jit
+    if not _jit.CAN_SCOPE_INTERLEAVE:   # LLVM < 15: one copy, the option is never touched
+        assert ks.csr_times_dense.single is ks.csr_times_dense.interleaved
+        return
+    opts = dict(parallel=True, nogil=True, error_model="numpy", fastmath=set(_jit.FASTMATH))
+    A, out = np.ones((3, 21)), np.empty(3)
+    before = numba.njit(**opts)(_row_sum)
+    before(A, out)
     calls = []
     real = _jit.llvm.set_option
     monkeypatch.setattr(_jit.llvm, "set_option", lambda *a: (calls.append(a[1]), real(*a)))
-    disp = _jit._InterleaveOneDispatcher(py_func=_row_sum, locals={},
-                                         targetoptions=dict(nopython=True, parallel=True))
-    out = np.empty(3)
-    disp(np.ones((3, 5)), out)
+    forced = _jit._InterleaveOneDispatcher(py_func=_row_sum, locals={},
+                                           targetoptions=dict(nopython=True, **opts))
+    forced(A, out)
+    assert (out == 21).all()
     assert calls == ["-force-vector-interleave=1", "-force-vector-interleave=0"]
-    assert (out == 5).all()
     calls.clear()
     with pytest.raises(numba.core.errors.TypingError):
-        disp(np.ones((3, 5)), "not an array")
+        forced(A, "not an array")
     assert calls == ["-force-vector-interleave=1", "-force-vector-interleave=0"]
+    after = numba.njit(**opts)(_row_sum)
+    after(A, out)
+    assert _mnemonics(after) == _mnemonics(before)
+    assert _mnemonics(forced) != _mnemonics(before)
+
+
+def test_row_kernel_calls_the_copy_its_rows_select(monkeypatch):
+    kern = ks.csr_times_dense
+    called = []
+    monkeypatch.setattr(kern, "single", lambda *a: called.append("single"))
+    monkeypatch.setattr(kern, "interleaved", lambda *a: called.append("interleaved"))
+    idx = np.zeros(1, np.int32)
+    kern(idx, idx, np.zeros(0), np.zeros((2, 20)), np.zeros((1, 20)))
+    kern(idx, idx, np.zeros(0), np.zeros((2, 32)), np.zeros((1, 32)))
+    assert called == ["single", "interleaved"]
 
 
 @pytest.mark.parametrize("dtype,r,single", [
@@ -1026,6 +1064,9 @@ def test_interleave_option_is_scoped_to_the_compile(monkeypatch):
 def test_row_kernel_takes_the_single_vector_copy_when_a_vector_would_be_left(dtype, r, single):
     """r mod (2 lanes) >= lanes (4 float64 / 8 float32 lanes): the default two vectors per
     iteration would leave a whole vector to the scalar loop."""
+    from fastnmf import _jit
+    if not _jit.CAN_SCOPE_INTERLEAVE:
+        pytest.skip("LLVM < 15: the row kernels are compiled once")
     rows = np.zeros((3, r), dtype=dtype)
     chosen = ks.csr_times_dense.for_rows(rows)
     assert chosen is (ks.csr_times_dense.single if single else ks.csr_times_dense.interleaved)
