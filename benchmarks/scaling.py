@@ -10,7 +10,8 @@ Problem: ``make_sparse_counts(50_000, 20_000, 2_100_000, 20)`` (about 2.24M nonz
 (``--quick``: 5,000 x 2,000, 100k nonzeros), fixed random factors in [0, 1) scaled to the data.
 
 Four tables, every number the median of ``--repeats`` interleaved repeats (each repeat
-times every case once, in turn, so a burst of load on a shared machine hits all cases alike):
+times every case once, in turn, so a burst of load on a shared machine hits all cases alike;
+the cases compared with each other run in alternating order, see ``in_turn``):
 
 1. Kernels vs threads: the CSR products ``X Ht`` and ``X^T W``, the fused KL numerator (both
    sides), the fused general-beta kernel (beta = 1.5, all m x n entries: on the first rows of X
@@ -57,6 +58,15 @@ from fastnmf._kernels import sparse as ks
 from fastnmf.datasets import make_sparse_counts
 from fastnmf.solvers import HALS, MU
 from fastnmf.solvers._base import Penalty
+
+
+def in_turn(items, repeat):
+    """``items`` forward on even repeats and reversed on odd ones. A case timed right after
+    another that touched the same arrays runs on caches that one warmed; with a fixed order
+    the later case always gets that advantage (two identical kernels measured 1.10-1.15x
+    apart that way), with the order alternating both get it equally often."""
+    items = list(items)
+    return items[::-1] if repeat % 2 else items
 
 
 def timed(f):
@@ -159,9 +169,9 @@ def kernel_table(X, op, W, Ht, threads, repeats, all_entry_rows):
         for t in threads:
             numba.set_num_threads(t)
             f()
-    for _ in range(repeats):
+    for rep in range(repeats):
         for k, (f, _, _) in cases.items():
-            for t in threads:
+            for t in in_turn(threads, rep):
                 numba.set_num_threads(t)
                 times[(k, t)].append(timed(f))
     out = []
@@ -182,12 +192,12 @@ def iteration_table(X, op, W, Ht, threads, repeats):
     for (name, t), s in cases.items():
         numba.set_num_threads(t)
         s.step(False)
-    for _ in range(repeats):
-        for t in threads:
+    for rep in range(repeats):
+        for t in in_turn(threads, rep):
             numba.set_num_threads(t)
             prods[t].append(timed(lambda: op.product("W", Ht, o_m))
                             + timed(lambda: op.product("H", W, o_n)))
-        for (name, t), s in cases.items():
+        for (name, t), s in in_turn(cases.items(), rep):
             numba.set_num_threads(t)
             times[(name, t)].append(timed(lambda: s.step(False)))
     out = []
@@ -219,9 +229,9 @@ def floor_table(X, op, W, Ht, threads, repeats):
     for lab, cs in cases.items():
         for k, f in cs:
             f()
-    for _ in range(repeats):
+    for rep in range(repeats):
         for lab, cs in cases.items():
-            for k, f in cs:
+            for k, f in in_turn(cs, rep):
                 times[(lab, k)].append(timed(f))
     nnz = X.nnz
     stream_bytes = nnz * (X.data.itemsize + X.indices.itemsize) + X.indptr.nbytes
@@ -254,8 +264,8 @@ def precision_table(quick, threads, repeats, n_iter):
         times = {d: [] for d in solvers}
         for s in solvers.values():
             s.step(False)
-        for _ in range(repeats):
-            for d, s in solvers.items():
+        for rep in range(repeats):
+            for d, s in in_turn(solvers.items(), rep):
                 times[d].append(timed(lambda: s.step(False)))
         # loss after n_iter iterations from the same start, in float64
         losses = {}
