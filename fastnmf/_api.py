@@ -184,15 +184,16 @@ def nmf(X, n_components=None, *, init=None, solver="auto", beta_loss="frobenius"
         if not update_W or not update_H:
             W0 = (check_factor("W", W, (m, k), dtype) if (W is not None or not update_W)
                   else _constant_factor(X, (m, k), k, dtype))
-            Ht0 = (np.ascontiguousarray(check_factor("H", H, (k, n), dtype).T)
+            Ht0 = (check_factor("H", H, (k, n), dtype).T
                    if (H is not None or not update_H)
                    else _constant_factor(X, (n, k), k, dtype))
         elif init == "custom":
             W0 = check_factor("W", W, (m, k), dtype)
-            Ht0 = np.ascontiguousarray(check_factor("H", H, (k, n), dtype).T)
+            Ht0 = check_factor("H", H, (k, n), dtype).T
         else:
             W0, Ht0 = initialize(X, k, init, random_state, dtype)
-    # Cache-line-aligned factors: the CSR kernels gather their rows (see aligned_empty).
+    # Cache-line-aligned, C-contiguous factors (the CSR kernels gather their rows, see
+    # aligned_empty); for a given H this one copy also makes H^T contiguous.
     W0, Ht0 = aligned_copy(W0), aligned_copy(Ht0)
     with thread_limit(n_threads, blas_threads=1):   # iterations: Numba's pool only
         op = make_operator(X)

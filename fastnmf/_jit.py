@@ -62,24 +62,19 @@ def inline_helper(func):
 # keep interleave 1. There the row kernels are compiled once, the usual way.
 CAN_SCOPE_INTERLEAVE = llvm.llvm_version_info >= (15,)
 
-_forced = [0]  # depth of nested forced compiles; only the outermost one resets
-
-
 class _InterleaveOneDispatcher(CPUDispatcher):
     """Compiles with LLVM's loop interleave count 1 (see the module docstring). A load from
     the on-disk cache goes through ``compile`` too and is unaffected."""
 
     def compile(self, sig):
-        with global_compiler_lock:  # re-entrant; no other Numba compile runs meanwhile
-            if _forced[0] == 0:
-                llvm.set_option("", "-force-vector-interleave=1")
-            _forced[0] += 1
+        # Under the (re-entrant) compiler lock no other Numba compile runs meanwhile. Forced
+        # compiles never nest: a RowKernel is a Python object, no jitted code can call it.
+        with global_compiler_lock:
+            llvm.set_option("", "-force-vector-interleave=1")
             try:
                 return super().compile(sig)
             finally:
-                _forced[0] -= 1
-                if _forced[0] == 0:
-                    llvm.set_option("", "-force-vector-interleave=0")
+                llvm.set_option("", "-force-vector-interleave=0")
 
 
 VECTOR_BYTES = 32  # AVX2; on wider hardware the choice may be off (speed only, never results)

@@ -59,6 +59,15 @@ def row_chunks(indptr, n_chunks):
 
 
 @inline_helper
+def row_dot(F, i, G, j, zero):
+    """F_i . G_j (the model's entry wh_ij), accumulated from ``zero`` in the factors' dtype."""
+    wh = zero
+    for k in range(F.shape[1]):
+        wh += F[i, k] * G[j, k]
+    return wh
+
+
+@inline_helper
 def four_dots(F, i, G, j0, j1, j2, j3, zero):
     """(F_i . G_j0, ..., F_i . G_j3): four independent chains the CPU overlaps, F_i read once."""
     a0 = zero
@@ -151,9 +160,7 @@ def csr_kl_numerator(indptr, indices, data, F, G, eps, out):
                 p += U(4)
             while p < end:
                 j = U(indices[p])
-                wh = zero
-                for k in range(r):
-                    wh += F[i, k] * G[j, k]
+                wh = row_dot(F, i, G, j, zero)
                 v = data[p] / (wh if wh > eps else eps)
                 for k in range(r):
                     out[i, k] += v * G[j, k]
@@ -186,10 +193,7 @@ def csr_kl_loss_rows(indptr, indices, data, F, G, eps, loss_rows):
                            + kl_nonzero_term(data[p + U(3)], a3, eps)))
                 p += U(4)
             while p < end:
-                j = U(indices[p])
-                wh = zero
-                for k in range(F.shape[1]):
-                    wh += F[i, k] * G[j, k]
+                wh = row_dot(F, i, G, U(indices[p]), zero)
                 acc += kl_nonzero_term(data[p], wh, eps)
                 p += U(1)
             loss_rows[i] = acc
@@ -223,9 +227,7 @@ def csr_beta_all_entries(indptr, indices, data, F, G, beta, eps, num, den, loss_
             if p < end and indices[p] == j:
                 x = data[p]
                 p += 1
-            wh = zero
-            for k in range(r):
-                wh += F[i, k] * G[j, k]
+            wh = row_dot(F, i, G, j, zero)
             if wh < eps:
                 wh = eps
             if want_terms:
