@@ -14,25 +14,36 @@ pass options of their own (see docs/architecture.md).
 
 ``row_kernel`` is ``parallel_kernel`` for kernels whose inner loops run over one factor row
 of r elements (r ~ 10-64) per nonzero or per coordinate: the CSR gather kernels and the HALS
-sweeps. LLVM vectorizes such a loop in 32-byte vectors (4 float64 / 8 float32 lanes) and by
-default interleaves two vectors per iteration; what is left goes to a scalar loop. A float64
-row of r = 20 thus ran 16 elements vectorized and 4 scalar, every time. Numba has no
-per-function switch for this, so a row kernel is compiled twice, lazily: as usual, and with
-LLVM's interleave count forced to 1 (``-force-vector-interleave``, set only while that copy
-compiles, under Numba's compiler lock, then reset to LLVM's default 0 = automatic). A call
-takes the second when r mod (2 lanes) >= lanes, i.e. when the default would leave at least
-a whole vector to the scalar loop (float64 r = 20: five vectors, no remainder). Measured with
-both compiled in one process (2.24M nonzeros, 2 threads, alternating order): float64 r = 20
-product 1.21x, KL numerator 1.08x, HALS sweeps 1.23x; r = 30 1.07x / 1.05x / 1.20x; float32
-r = 24 1.22x / 1.22x / 1.34x. Where the rule keeps the default the forced copy was no better
-(float64 r = 32 sweeps 0.86x, float32 r = 20 product 0.85x). Measured at float64 r = 10, 20,
-30, 32 and float32 r = 16, 20, 24, 32; other ranks follow the rule untested.
+sweeps. Two choices of LLVM's loop vectorizer decide how such a row is cut into vectors:
+
+- The vector width. Row kernels are compiled for 32-byte vectors (4 float64 / 8 float32
+  lanes) on every x86 host, by LLVM's per-function ``prefer-vector-width`` attribute. On
+  AVX-512 hosts whose tuning lets LLVM choose 64-byte vectors (AMD Zen 4) a float64 row of
+  r = 20 was otherwise 2.5 vectors; in 32-byte vectors it is five. Measured on a Zen 4 VM
+  (2.24M nonzeros, float64, r = 20, 2 threads, alternating order) against the 64-byte
+  build the rule below picked: products 1.10-1.17x, KL numerator 1.30-1.35x, KL loss 1.12x,
+  HALS sweeps 1.39x; float32 r = 20 sweeps 1.28x, KL numerator 0.91-0.93x.
+  AVX2-only hosts use 32-byte vectors anyway.
+- The interleave count. By default LLVM interleaves two vectors per iteration; what is left
+  goes to a scalar loop. A float64 row of r = 20 thus ran 16 elements vectorized and 4
+  scalar, every time. Numba has no per-function switch for this, so a row kernel is
+  compiled twice, lazily: as usual, and with LLVM's interleave count forced to 1
+  (``-force-vector-interleave``, set only while that copy compiles, under Numba's compiler
+  lock, then reset to LLVM's default 0 = automatic). A call takes the second when
+  r mod (2 lanes) >= lanes, i.e. when the default would leave at least a whole vector to
+  the scalar loop (float64 r = 20: five vectors, no remainder). Measured on an AVX2 host
+  (2.24M nonzeros, 2 threads, alternating order): float64 r = 20 product 1.21x, KL
+  numerator 1.08x, HALS sweeps 1.23x; r = 30 1.07x / 1.05x / 1.20x; float32 r = 24 1.22x /
+  1.22x / 1.34x. Where the rule keeps the default the forced copy was no better (float64
+  r = 32 sweeps 0.86x, float32 r = 20 product 0.85x). Measured at float64 r = 10, 20, 30,
+  32 and float32 r = 16, 20, 24, 32; other ranks follow the rule untested.
 """
 import functools
 import types as pytypes
 
 import llvmlite.binding as llvm
 import numba
+from numba.core.codegen import CPUCodeLibrary
 from numba.core.compiler_lock import global_compiler_lock
 from numba.core.registry import CPUDispatcher
 
@@ -62,22 +73,69 @@ def inline_helper(func):
 # keep interleave 1. There the row kernels are compiled once, the usual way.
 CAN_SCOPE_INTERLEAVE = llvm.llvm_version_info >= (15,)
 
-class _InterleaveOneDispatcher(CPUDispatcher):
-    """Compiles with LLVM's loop interleave count 1 (see the module docstring). A load from
-    the on-disk cache goes through ``compile`` too and is unaffected."""
+VECTOR_BYTES = 32   # the row kernels' vector width: 4 float64 / 8 float32 lanes
+_WIDTH_ATTRIBUTE = f'"prefer-vector-width"="{8 * VECTOR_BYTES}"'
+
+
+def _tag_functions(ir_module):
+    """Give every function defined in ``ir_module`` LLVM's ``prefer-vector-width`` attribute
+    (what clang's ``-mprefer-vector-width`` sets). llvmlite only accepts attribute names from
+    its own list, so the string attribute goes into the set directly; should a future
+    llvmlite store attributes differently, the kernels keep LLVM's own width (speed only)."""
+    for fn in ir_module.functions:
+        if not fn.is_declaration:
+            try:
+                set.add(fn.attributes, _WIDTH_ATTRIBUTE)
+            except (TypeError, AttributeError):
+                return
+
+
+class _RowDispatcher(CPUDispatcher):
+    """Compiles a row kernel for ``VECTOR_BYTES``-wide vectors, and with LLVM's loop
+    interleave count 1 when ``interleave_one`` (see the module docstring). Every LLVM module
+    compiled meanwhile (the kernel, its parallel loop body and helpers compiled for it) gets
+    the width attribute, through a hook on Numba's code library that exists only under
+    Numba's (re-entrant) compiler lock, during this compile: no other compile runs
+    meanwhile, and forced compiles never nest (a RowKernel is a Python object, no jitted
+    code can call it). A load from the on-disk cache goes through ``compile`` too and is
+    unaffected."""
+
+    interleave_one = False
 
     def compile(self, sig):
-        # Under the (re-entrant) compiler lock no other Numba compile runs meanwhile. Forced
-        # compiles never nest: a RowKernel is a Python object, no jitted code can call it.
         with global_compiler_lock:
-            llvm.set_option("", "-force-vector-interleave=1")
+            add_ir_module = CPUCodeLibrary.add_ir_module
+
+            def tagged(library, ir_module):
+                _tag_functions(ir_module)
+                return add_ir_module(library, ir_module)
+
+            CPUCodeLibrary.add_ir_module = tagged
+            if self.interleave_one:
+                llvm.set_option("", "-force-vector-interleave=1")
             try:
                 return super().compile(sig)
             finally:
-                llvm.set_option("", "-force-vector-interleave=0")
+                if self.interleave_one:
+                    llvm.set_option("", "-force-vector-interleave=0")
+                CPUCodeLibrary.add_ir_module = add_ir_module
 
 
-VECTOR_BYTES = 32  # AVX2; on wider hardware the choice may be off (speed only, never results)
+class _InterleaveOneDispatcher(_RowDispatcher):
+    interleave_one = True
+
+
+def _compiled_copy(func, suffix, dispatcher):
+    """``func`` compiled by ``dispatcher`` as a parallel, cached kernel; the copy's qualified
+    name gets ``suffix`` so that each copy has its own on-disk cache entry."""
+    copy = pytypes.FunctionType(func.__code__, func.__globals__, func.__name__,
+                                func.__defaults__, func.__closure__)
+    copy.__module__ = func.__module__
+    copy.__qualname__ = func.__qualname__ + suffix
+    disp = dispatcher(py_func=copy, locals={},
+                      targetoptions=dict(nopython=True, parallel=True, **_OPTS))
+    disp.enable_caching()
+    return disp
 
 
 class RowKernel:
@@ -90,17 +148,11 @@ class RowKernel:
     def __init__(self, func):
         functools.update_wrapper(self, func)
         self.py_func = func
-        self.interleaved = numba.njit(parallel=True, **_COMMON)(func)
+        self.interleaved = _compiled_copy(func, "_v256", _RowDispatcher)
         if not CAN_SCOPE_INTERLEAVE:
             self.single = self.interleaved
             return
-        copy = pytypes.FunctionType(func.__code__, func.__globals__, func.__name__,
-                                    func.__defaults__, func.__closure__)
-        copy.__module__ = func.__module__
-        copy.__qualname__ = func.__qualname__ + "_interleave1"   # its own cache entry
-        self.single = _InterleaveOneDispatcher(
-            py_func=copy, locals={}, targetoptions=dict(nopython=True, parallel=True, **_OPTS))
-        self.single.enable_caching()
+        self.single = _compiled_copy(func, "_v256_interleave1", _InterleaveOneDispatcher)
 
     @property
     def signatures(self):

@@ -1045,6 +1045,47 @@ def test_interleave_option_is_scoped_to_the_compile(monkeypatch):
     assert _mnemonics(forced) != _mnemonics(before)
 
 
+def _vector_registers(disp):
+    import re
+    asm = disp.inspect_asm(disp.signatures[0])
+    return set(re.findall(r"%([xyz]mm)\d", asm))
+
+
+def test_row_kernels_are_compiled_for_32_byte_vectors():
+    """Every function compiled for a row kernel carries LLVM's prefer-vector-width = 256
+    attribute, its machine code uses no 64-byte (zmm) registers even on AVX-512 hosts, and
+    the hook that adds the attribute exists only during that compile (also one that fails):
+    a function compiled afterwards gets LLVM's own choice again, the same as before."""
+    from numba.core.codegen import CPUCodeLibrary
+    from fastnmf import _jit
+    opts = dict(parallel=True, nogil=True, error_model="numpy", fastmath=set(_jit.FASTMATH))
+    A, out = np.ones((5, 40)), np.empty(5)
+    hook = CPUCodeLibrary.add_ir_module
+    before = numba.njit(**opts)(_row_sum)
+    before(A, out)
+    for cls in (_jit._RowDispatcher, _jit._InterleaveOneDispatcher):
+        tagged = cls(py_func=_row_sum, locals={}, targetoptions=dict(nopython=True, **opts))
+        tagged(A, out)
+        assert (out == 40).all()
+        ir = "".join(tagged.inspect_llvm().values())
+        assert _jit._WIDTH_ATTRIBUTE in ir
+        assert "zmm" not in _vector_registers(tagged)
+        assert "ymm" in _vector_registers(tagged) or not _has_avx2()
+        with pytest.raises(numba.core.errors.TypingError):
+            tagged(A, "not an array")
+        assert CPUCodeLibrary.add_ir_module is hook
+    after = numba.njit(**opts)(_row_sum)
+    after(A, out)
+    assert _jit._WIDTH_ATTRIBUTE not in "".join(after.inspect_llvm().values())
+    assert _mnemonics(after) == _mnemonics(before)
+    assert _vector_registers(after) == _vector_registers(before)
+
+
+def _has_avx2():
+    import llvmlite.binding as llvm
+    return "+avx2" in llvm.get_host_cpu_features().flatten()
+
+
 def test_row_kernel_calls_the_copy_its_rows_select(monkeypatch):
     kern = ks.csr_times_dense
     called = []
