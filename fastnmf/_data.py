@@ -114,12 +114,14 @@ class CsrOperator(_Operator):
 
 
 class DenseOperator(_Operator):
-    """A dense X kept C-contiguous, plus one C-contiguous copy of X.T, so both sides run the
-    same row-block kernels (no m x n model buffer: WH is made and consumed block by block)."""
+    """A dense X kept C-contiguous. Products with X and X^T both run on X (row blocks; X^T W
+    as summed per-block partials). The beta kernels of side H need rows of X^T: for them a
+    C-contiguous copy of X.T is made at first use (``XT``), so a Frobenius fit never holds
+    one. No m x n model buffer: WH is made and consumed block by block."""
 
     def __init__(self, X):
         self.X = X
-        self.XT = np.ascontiguousarray(X.T)
+        self._XT = None
         self.shape = X.shape
         self.dtype = X.dtype
         self.nnz = int(np.count_nonzero(X))
@@ -127,6 +129,7 @@ class DenseOperator(_Operator):
         self.sq_norm = float(X64 @ X64)
         self.total = float(X64.sum())
         self._loss_rows = np.empty(max(self.shape), dtype=np.float64)
+        self._partial = None   # (blocks, r, n) partial products of X^T W, made at first use
         # Rows per parallel task, fixed by the shape (never by the thread count, so results
         # do not depend on it): products take ~1/16 of the rows (large GEMMs, 16 tasks to
         # balance); the beta kernels keep a block's WH (block x n) within ~4 MiB: at 1 MiB the
@@ -134,17 +137,33 @@ class DenseOperator(_Operator):
         # 1.2x longer (43.5-46.0 vs 36.3-37.2 ms); 8 MiB gained nothing more.
         item = self.dtype.itemsize
         self._block, self._beta_block = {}, {}
-        for side, A in (("W", self.X), ("H", self.XT)):
-            rows, cols = A.shape
+        for side, (rows, cols) in (("W", self.shape), ("H", self.shape[::-1])):
             self._block[side] = int(min(1024, max(16, -(-rows // 16))))
             self._beta_block[side] = int(min(self._block[side],
                                              max(8, (4 << 20) // (cols * item))))
+        # X^T W sums one r x n partial product per block of X's rows: at most 32 of them
+        self._t_block = max(self._block["W"], -(-self.shape[0] // 32))
+
+    @property
+    def XT(self):
+        if self._XT is None:
+            self._XT = np.ascontiguousarray(self.X.T)
+        return self._XT
 
     def _mat(self, side):
         return self.X if side == "W" else self.XT
 
     def product(self, side, G, out):
-        kd.dense_times(self._mat(side), G, out, self._block[side])
+        if side == "W":
+            kd.dense_times(self.X, G, out, self._block["W"])
+            return out
+        # X^T W from X itself, by row blocks of X with partial products summed in order
+        # (kd.dense_times_transposed): faster than row blocks of the copy X^T
+        block = self._t_block
+        shape = (-(-self.shape[0] // block), G.shape[1], self.shape[1])
+        if self._partial is None or self._partial.shape != shape or self._partial.dtype != G.dtype:
+            self._partial = np.empty(shape, dtype=G.dtype)
+        kd.dense_times_transposed(self.X, G, self._partial, out, block)
         return out
 
     def cross64(self, W64, H64):

@@ -418,6 +418,34 @@ def test_dense_times(dtype, block, threads):
 
 @pytest.mark.parametrize("block", [1, 7, 64])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_dense_times_transposed(dtype, block, threads):
+    """X^T F from X by row blocks (partials summed in block order), for any block count;
+    partial and out start as NaN, so every entry must be written."""
+    X = make_X(dtype)
+    F = make_factor(M, dtype, 12)
+    nb = -(-M // block)
+    partial = np.full((nb, R, N), np.nan, dtype=dtype)
+    out = np.full((N, R), np.nan, dtype=dtype)
+    kd.dense_times_transposed(X, F, partial, out, block)
+    assert out.dtype == dtype
+    assert_close(out, ref.product(X.T, F), RTOL[dtype], f"X^T @ F block={block}")
+
+
+def test_dense_times_transposed_is_independent_of_threads():
+    X = make_X(np.float64, m=300, n=50)
+    F = make_factor(300, np.float64, 13)
+    partial = np.empty((10, R, 50))
+    outs = []
+    for t in (1, 2):
+        with numba_threads(t):
+            out = np.empty((50, R))
+            kd.dense_times_transposed(X, F, partial, out, 30)
+            outs.append(out)
+    assert np.array_equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("block", [1, 7, 64])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_dense_cross64(dtype, block, threads):
     """partial[b] = <W_b, X_b Ht> in float64 for each block of rows: their sum is <W, X Ht>."""
     X = make_X(dtype)
@@ -563,6 +591,21 @@ def test_operator_product(fmt, dtype, threads):
         res = op.product(side, G, out)
         assert res is out and out.dtype == dtype
         assert_close(out, expected, RTOL[dtype], f"product side {side}")
+
+
+def test_dense_operator_makes_its_transposed_copy_only_for_beta_terms():
+    """A Frobenius fit on dense X (products both ways, losses) never holds a copy of X^T;
+    the beta kernels of side H make one at first use and keep it."""
+    Xin, op, W, Ht = operator_case("dense", np.float64, 2.0)
+    for beta in (2.0, 1.0):
+        solver = MU(op, W.copy(), Ht.copy(), beta, Penalty()) if beta == 1.0 else \
+            HALS(op, W.copy(), Ht.copy(), beta, Penalty())
+        solver.step(want_loss=True)
+        if beta == 2.0:
+            MU(op, W.copy(), Ht.copy(), beta, Penalty()).step(want_loss=True)
+            assert op._XT is None
+    assert op._XT is not None and op.XT is op._XT
+    assert np.array_equal(op.XT, np.asarray(Xin).T) and op.XT.flags.c_contiguous
 
 
 @pytest.mark.parametrize("beta", [1.0, 0.5, 1.5, 3.0, 0.0])

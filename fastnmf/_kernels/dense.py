@@ -19,12 +19,47 @@ from ._scalar import beta_divergence_entry
 
 @parallel_kernel
 def dense_times(A, G, out, block):
-    """out = A @ G (A m x n C-contiguous, G n x r)."""
+    """out = A @ G (A m x n C-contiguous, G n x r).
+
+    Each block is computed transposed, out_b^T = G^T A_b^T, with the small factor as the
+    left operand: single-threaded OpenBLAS ran the 10,000 x 784 by 784 x 30 products at
+    36 GFLOP/s that way and at 26-27 the other way (every block size tried; X^T W 31-36
+    against 22-27), as the m x r result is no longer the operand whose shape starves the
+    kernel. The r x b block result is transposed into ``out`` while it is in cache.
+    """
     m = A.shape[0]
+    GT = np.ascontiguousarray(G.T)
     for b in prange((m + block - 1) // block):
         s = b * block
         e = min(m, s + block)
-        np.dot(A[s:e], G, out[s:e])
+        out[s:e] = np.dot(GT, A[s:e].T).T
+
+
+@parallel_kernel
+def dense_times_transposed(A, F, partial, out, block):
+    """out = A^T @ F (A m x n C-contiguous, F m x r), from A itself: block b of ``block`` rows
+    computes partial[b] = F_b^T A_b (r x n) and ``out`` is their sum in block order, so the
+    result does not depend on the thread count. ``partial`` is (ceil(m / block), r, n).
+
+    The same product by row blocks of a copy of A^T ran K = m long GEMMs with b-column
+    results: 9.5 ms for 784 x 10,000 by 10,000 x 30 at 2 threads, against 7.3 ms this way.
+    The second pass sums 16 partials per entry (n r (m / block) additions), in parallel over
+    columns; each thread writes only its own rows of ``out``.
+    """
+    m, n = A.shape
+    nb = (m + block - 1) // block
+    for b in prange(nb):
+        s = b * block
+        e = min(m, s + block)
+        partial[b] = np.dot(np.ascontiguousarray(F[s:e].T), A[s:e])
+    cols = 256
+    for c in prange((n + cols - 1) // cols):
+        j0 = c * cols
+        j1 = min(n, j0 + cols)
+        tile = partial[0, :, j0:j1].copy()
+        for b in range(1, nb):
+            tile += partial[b, :, j0:j1]
+        out[j0:j1] = tile.T
 
 
 @parallel_kernel
