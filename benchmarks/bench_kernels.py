@@ -47,6 +47,8 @@ WORK = {
                                  "nnz (s + i) + m r s + n r s + 8 m bytes",
     "dense_times": "out = X @ Ht by row blocks: 2 m n r flops; m n s + m r s + n r s bytes",
     "dense_times_T": "out = X^T @ W (C copy of X^T): 2 m n r flops; m n s + m r s + n r s",
+    "dense_times_gt": "out = X @ Ht by row blocks, each as Ht^T X_b^T: 2 m n r flops; "
+                      "m n s + m r s + n r s bytes",
     "dense_times_transposed": "out = X^T @ W from X (partials per row block, summed): 2 m n r "
                               "flops; m n s + m r s + n r s",
     "dense_beta_kl": "KL MU numerator, WH per block: 4 m n r flops; m n s + 2 m r s + n r s",
@@ -217,8 +219,9 @@ class SparseKernels(_KernelBench):
 class DenseKernels(_KernelBench):
     """fastnmf._kernels.dense on image-like matrices (_common.DENSE_SIZES; IS on the strictly
     positive variant), r = KERNEL_RANK, row blocks as DenseOperator picks them."""
-    params = [["dense_times", "dense_times_T", "dense_times_transposed", "dense_beta_kl",
-               "dense_beta_is", "dense_beta_1.5", "dense_beta_loss", "dense_cross64"],
+    params = [["dense_times", "dense_times_T", "dense_times_gt", "dense_times_transposed",
+               "dense_beta_kl", "dense_beta_is", "dense_beta_1.5", "dense_beta_loss",
+               "dense_cross64"],
               list(c.DTYPES), list(c.KERNEL_SIZES)]
 
     def setup_cache(self):
@@ -249,11 +252,15 @@ class DenseKernels(_KernelBench):
             block_t = _dense_blocks(XT)[0]
             out = np.empty_like(Ht)
             return lambda: f(XT, W, out, block_t), 2 * m * n * R, base
+        if kernel == "dense_times_gt":
+            f = _kernel("dense", "dense_times_gt")
+            out = np.empty_like(W)
+            return lambda: f(X, Ht, out, block), 2 * m * n * R, base
         if kernel == "dense_times_transposed":   # X^T W as DenseOperator computes it
             f = _kernel("dense", "dense_times_transposed")
-            try:
+            try:   # the operator's block (0 where it would not use partials for this shape)
                 from fastnmf._data import DenseOperator
-                t_block = int(DenseOperator(X)._t_block)
+                t_block = int(DenseOperator(X)._transposed_block(R)) or block
             except Exception:
                 t_block = block
             partial = np.empty((-(-m // t_block), R, n), dtype=dtype)

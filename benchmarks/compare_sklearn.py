@@ -187,13 +187,13 @@ def fit_sklearn(X, W0, H0, r, n_iter, kw):
 
 def warm_up(dtype="float64"):
     """Compile (or load from cache) every kernel the timed fits use, dense and CSR, in the
-    run's dtype. Ranks 4 and 8 reach both compiled copies of the row kernels (fastnmf picks
-    one by the rank: ``fastnmf._jit.RowKernel``)."""
+    run's dtype. Ranks 3, 4 and 8 reach all three compiled copies of the row kernels in
+    either dtype (fastnmf picks one by the rank: ``fastnmf._jit.copy_for``)."""
     t = time.perf_counter()
     Xs = make_sparse_counts(300, 200, 3_000, 5, random_state=1).astype(dtype)
     Xd = make_dense_images(100, 64, 5, random_state=1).astype(dtype)
     for X in (Xs, Xd):
-        for r in (4, 8):
+        for r in (3, 4, 8):
             W0, H0 = make_start(X, r, "random")
             for _, fkw, skw, _ in PAIRS:
                 fit_fastnmf(X, W0, H0, r, 3, fkw)

@@ -114,10 +114,11 @@ class CsrOperator(_Operator):
 
 
 class DenseOperator(_Operator):
-    """A dense X kept C-contiguous. Products with X and X^T both run on X (row blocks; X^T W
-    as summed per-block partials). The beta kernels of side H need rows of X^T: for them a
-    C-contiguous copy of X.T is made at first use (``XT``), so a Frobenius fit never holds
-    one. No m x n model buffer: WH is made and consumed block by block."""
+    """A dense X kept C-contiguous. Products with X run on row blocks of X; X^T W too where X
+    is tall enough (summed per-block partials, ``_transposed_block``). Otherwise, and for the
+    beta kernels of side H, which need rows of X^T, a C-contiguous copy of X.T is made at
+    first use (``XT``): a Frobenius fit on a tall X never holds one. No m x n model buffer:
+    WH is made and consumed block by block."""
 
     def __init__(self, X):
         self.X = X
@@ -141,8 +142,10 @@ class DenseOperator(_Operator):
             self._block[side] = int(min(1024, max(16, -(-rows // 16))))
             self._beta_block[side] = int(min(self._block[side],
                                              max(8, (4 << 20) // (cols * item))))
-        # X^T W sums one r x n partial product per block of X's rows: at most 32 of them
-        self._t_block = max(self._block["W"], -(-self.shape[0] // 32))
+        # the products' GEMM orientation per side (kd.dense_times_gt): G^T A_b^T for blocks of
+        # >= 256 rows of >= 512 columns, where it measured 1.20-1.25x; A_b G elsewhere
+        self._gt = {side: self._block[side] >= 256 and cols >= 512
+                    for side, cols in (("W", self.shape[1]), ("H", self.shape[0]))}
 
     @property
     def XT(self):
@@ -153,13 +156,33 @@ class DenseOperator(_Operator):
     def _mat(self, side):
         return self.X if side == "W" else self.XT
 
+    def _transposed_block(self, r):
+        """Rows of X per partial product of X^T W, or 0 where the partials do not pay.
+
+        A partial is r x n per block of X's rows, so the partials add r / block of X in
+        memory and in writes. With blocks of at least 16 r rows that is at most 1/16 of X
+        (plus one r x n), and with at least 8 blocks the threads have work. Measured (2
+        threads, float64): 10,000 x 784, r = 30, 16 blocks of 625 rows: 9.5 -> 7.3 ms;
+        short wide X lost instead with small blocks (200 x 100,000, r = 50: 32 -> 468 ms;
+        1,000 x 50,000, r = 20: 88 -> 107 ms), and those take the row blocks of X^T.
+        """
+        m = self.shape[0]
+        block = max(self._block["W"], -(-m // 32), 16 * r)
+        return block if -(-m // block) >= 8 else 0
+
+    def _times(self, side, G, out):
+        times = kd.dense_times_gt if self._gt[side] else kd.dense_times
+        times(self._mat(side), G, out, self._block[side])
+
     def product(self, side, G, out):
         if side == "W":
-            kd.dense_times(self.X, G, out, self._block["W"])
+            self._times("W", G, out)
             return out
-        # X^T W from X itself, by row blocks of X with partial products summed in order
-        # (kd.dense_times_transposed): faster than row blocks of the copy X^T
-        block = self._t_block
+        block = self._transposed_block(G.shape[1])
+        if not block:
+            self._times("H", G, out)
+            return out
+        # X^T W from X itself: no transposed copy of X (kd.dense_times_transposed)
         shape = (-(-self.shape[0] // block), G.shape[1], self.shape[1])
         if self._partial is None or self._partial.shape != shape or self._partial.dtype != G.dtype:
             self._partial = np.empty(shape, dtype=G.dtype)

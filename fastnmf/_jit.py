@@ -22,21 +22,31 @@ sweeps. Two choices of LLVM's loop vectorizer decide how such a row is cut into 
   r = 20 was otherwise 2.5 vectors; in 32-byte vectors it is five. Measured on a Zen 4 VM
   (2.24M nonzeros, float64, r = 20, 2 threads, alternating order) against the 64-byte
   build the rule below picked: products 1.10-1.17x, KL numerator 1.30-1.35x, KL loss 1.12x,
-  HALS sweeps 1.39x; float32 r = 20 sweeps 1.28x, KL numerator 0.91-0.93x.
-  AVX2-only hosts use 32-byte vectors anyway.
+  HALS sweeps 1.39x; float32 r = 20 sweeps 1.23-1.28x, KL numerator 0.91-1.10x (runs
+  disagree). AVX2-only hosts use 32-byte vectors anyway.
 - The interleave count. By default LLVM interleaves two vectors per iteration; what is left
   goes to a scalar loop. A float64 row of r = 20 thus ran 16 elements vectorized and 4
-  scalar, every time. Numba has no per-function switch for this, so a row kernel is
-  compiled twice, lazily: as usual, and with LLVM's interleave count forced to 1
-  (``-force-vector-interleave``, set only while that copy compiles, under Numba's compiler
-  lock, then reset to LLVM's default 0 = automatic). A call takes the second when
-  r mod (2 lanes) >= lanes, i.e. when the default would leave at least a whole vector to
-  the scalar loop (float64 r = 20: five vectors, no remainder). Measured on an AVX2 host
-  (2.24M nonzeros, 2 threads, alternating order): float64 r = 20 product 1.21x, KL
-  numerator 1.08x, HALS sweeps 1.23x; r = 30 1.07x / 1.05x / 1.20x; float32 r = 24 1.22x /
-  1.22x / 1.34x. Where the rule keeps the default the forced copy was no better (float64
-  r = 32 sweeps 0.86x, float32 r = 20 product 0.85x). Measured at float64 r = 10, 20, 30,
-  32 and float32 r = 16, 20, 24, 32; other ranks follow the rule untested.
+  scalar, every time. Numba has no per-function switch for this, so a row kernel is also
+  compiled with LLVM's interleave count forced to 1 (``-force-vector-interleave``, set only
+  while that copy compiles, under Numba's compiler lock, then reset to LLVM's default 0 =
+  automatic). Measured on an AVX2 host (2.24M nonzeros, 2 threads, alternating order):
+  float64 r = 20 product 1.21x, KL numerator 1.08x, HALS sweeps 1.23x; r = 30 1.07x /
+  1.05x / 1.20x; float32 r = 24 1.22x / 1.22x / 1.34x.
+
+So a row kernel has three compiled copies, each compiled lazily on first use: ``interleaved``
+(32-byte vectors, two per iteration), ``single`` (32-byte, one per iteration) and ``narrow``
+(16-byte, one per iteration). A call takes the copy with the fewest vector plus scalar
+operations per row of r elements (``copy_for``; ties go to the wider, more interleaved
+copy): float64 r = 20 is five 32-byte vectors (single), float32 r = 20 five 16-byte ones
+(narrow; 32-byte vectors leave four scalars), r = 32 goes to the default. Measured on the
+Zen 4 host, same process, alternating order: the narrow copy against the copy a
+two-copy rule took (single at float32 r = 12: products 1.21-1.22x, KL numerators 1.32x,
+sweeps 1.32x; interleaved at float32 r = 20: 1.02-1.03x / 1.08-1.09x / 1.15x). Where the rule keeps the default, forcing interleave 1 was
+no better on the AVX2 host (float64 r = 32 sweeps 0.86x, float32 r = 20 product 0.85x).
+Measured at float64 r = 10, 12, 20, 30, 32 and float32 r = 12, 16, 20, 24, 28, 32; other
+ranks follow the rule untested. The copies add a row's products in different orders in their
+dot products, so results can differ in the last bits between copies; each copy is
+deterministic and independent of the thread count.
 """
 import functools
 import types as pytypes
@@ -45,6 +55,7 @@ import llvmlite.binding as llvm
 import numba
 from numba.core.codegen import CPUCodeLibrary
 from numba.core.compiler_lock import global_compiler_lock
+from numba.core.itanium_mangler import mangle_identifier
 from numba.core.registry import CPUDispatcher
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "reassoc"})
@@ -74,40 +85,55 @@ def inline_helper(func):
 CAN_SCOPE_INTERLEAVE = llvm.llvm_version_info >= (15,)
 
 VECTOR_BYTES = 32   # the row kernels' vector width: 4 float64 / 8 float32 lanes
-_WIDTH_ATTRIBUTE = f'"prefer-vector-width"="{8 * VECTOR_BYTES}"'
+NARROW_BYTES = 16   # the narrow copy's: 2 float64 / 4 float32 lanes
 
 
-def _tag_functions(ir_module):
-    """Give every function defined in ``ir_module`` LLVM's ``prefer-vector-width`` attribute
-    (what clang's ``-mprefer-vector-width`` sets). llvmlite only accepts attribute names from
-    its own list, so the string attribute goes into the set directly; should a future
-    llvmlite store attributes differently, the kernels keep LLVM's own width (speed only)."""
+def _width_attribute(nbytes):
+    return f'"prefer-vector-width"="{8 * nbytes}"'
+
+
+def _tag_functions(ir_module, attribute, owner):
+    """Give LLVM's ``prefer-vector-width`` attribute (what clang's ``-mprefer-vector-width``
+    sets) to the functions of ``ir_module`` that belong to the kernel being compiled: its
+    own (their mangled names contain ``owner``, its mangled short name) and the
+    bodies of its parallel loops. Helpers Numba compiles on the side (overloads such as
+    ``np.empty``) are kept in memory and linked into later, unrelated compiles, so they stay
+    untagged. llvmlite only accepts attribute names from its own list, so the string
+    attribute goes into the set directly; should a future llvmlite store attributes
+    differently, the kernels keep LLVM's own width (speed only)."""
     for fn in ir_module.functions:
-        if not fn.is_declaration:
-            try:
-                set.add(fn.attributes, _WIDTH_ATTRIBUTE)
-            except (TypeError, AttributeError):
-                return
+        if fn.is_declaration or not (owner in fn.name or "numba_parfor_gufunc" in fn.name):
+            continue
+        try:
+            set.add(fn.attributes, attribute)
+        except (TypeError, AttributeError):
+            return
 
 
 class _RowDispatcher(CPUDispatcher):
-    """Compiles a row kernel for ``VECTOR_BYTES``-wide vectors, and with LLVM's loop
-    interleave count 1 when ``interleave_one`` (see the module docstring). Every LLVM module
-    compiled meanwhile (the kernel, its parallel loop body and helpers compiled for it) gets
-    the width attribute, through a hook on Numba's code library that exists only under
-    Numba's (re-entrant) compiler lock, during this compile: no other compile runs
-    meanwhile, and forced compiles never nest (a RowKernel is a Python object, no jitted
-    code can call it). A load from the on-disk cache goes through ``compile`` too and is
-    unaffected."""
+    """Compiles a row kernel for ``vector_bytes``-wide vectors, and with LLVM's loop
+    interleave count 1 when ``interleave_one`` (see the module docstring).
 
+    The width attribute is added to the kernel's functions through a hook on Numba's code
+    library that exists only under Numba's (re-entrant) compiler lock, during this compile:
+    no other compile runs meanwhile, and forced compiles never nest (a RowKernel is a Python
+    object, no jitted code can call it). The interleave count is an LLVM-global option, so
+    it also reaches the helpers Numba happens to compile for the first time during this
+    compile (small overloads; kept in memory for the process): a loop in one of those keeps
+    interleave 1 wherever it is linked later. That changes speed only, never results. A
+    load from the on-disk cache goes through ``compile`` too and is unaffected."""
+
+    vector_bytes = VECTOR_BYTES
     interleave_one = False
 
     def compile(self, sig):
         with global_compiler_lock:
             add_ir_module = CPUCodeLibrary.add_ir_module
+            attribute = _width_attribute(self.vector_bytes)
+            owner = mangle_identifier(self.py_func.__qualname__.rsplit(".", 1)[-1])
 
             def tagged(library, ir_module):
-                _tag_functions(ir_module)
+                _tag_functions(ir_module, attribute, owner)
                 return add_ir_module(library, ir_module)
 
             CPUCodeLibrary.add_ir_module = tagged
@@ -125,6 +151,29 @@ class _InterleaveOneDispatcher(_RowDispatcher):
     interleave_one = True
 
 
+class _NarrowDispatcher(_RowDispatcher):
+    vector_bytes = NARROW_BYTES
+    interleave_one = True
+
+
+def _row_operations(r, lanes, step):
+    """Vector operations plus scalar remainder iterations for a row of r elements, in a loop
+    that takes ``step`` elements (``step // lanes`` vectors) per iteration."""
+    return (r // step) * (step // lanes) + r % step
+
+
+def copy_for(r, itemsize):
+    """The compiled copy ("interleaved", "single" or "narrow") for factor rows of r elements
+    of ``itemsize`` bytes: the one with the fewest vector plus scalar operations per row,
+    the wider and more interleaved on a tie (see the module docstring)."""
+    lanes = max(1, VECTOR_BYTES // itemsize)
+    narrow = max(1, NARROW_BYTES // itemsize)
+    costs = (("interleaved", _row_operations(r, lanes, 2 * lanes)),
+             ("single", _row_operations(r, lanes, lanes)),
+             ("narrow", _row_operations(r, narrow, narrow)))
+    return min(costs, key=lambda c: c[1])[0]
+
+
 def _compiled_copy(func, suffix, dispatcher):
     """``func`` compiled by ``dispatcher`` as a parallel, cached kernel; the copy's qualified
     name gets ``suffix`` so that each copy has its own on-disk cache entry."""
@@ -139,32 +188,32 @@ def _compiled_copy(func, suffix, dispatcher):
 
 
 class RowKernel:
-    """A ``parallel_kernel`` compiled as usual and with loop interleave count 1; a call picks
-    one by the row length r of its first 2-D array argument (the factor rows). The two copies
-    add the row's products in different orders in their dot products (the KL kernels and the
-    sweeps), so their results can differ in the last bits; each is deterministic and
-    independent of the thread count."""
+    """A ``parallel_kernel`` compiled in three copies (``interleaved``, ``single``,
+    ``narrow``; see the module docstring); a call picks one by the row length r of its first
+    2-D array argument (the factor rows)."""
 
     def __init__(self, func):
         functools.update_wrapper(self, func)
         self.py_func = func
-        self.interleaved = _compiled_copy(func, "_v256", _RowDispatcher)
+        # the copies' names (and so their cache entries) carry their widths: Numba renews a
+        # cached kernel only when the kernel's own source file changes, not this one
+        wide, narrow = 8 * VECTOR_BYTES, 8 * NARROW_BYTES
+        self.interleaved = _compiled_copy(func, f"_v{wide}", _RowDispatcher)
         if not CAN_SCOPE_INTERLEAVE:
-            self.single = self.interleaved
+            self.single = self.narrow = self.interleaved
             return
-        self.single = _compiled_copy(func, "_v256_interleave1", _InterleaveOneDispatcher)
+        self.single = _compiled_copy(func, f"_v{wide}_interleave1", _InterleaveOneDispatcher)
+        self.narrow = _compiled_copy(func, f"_v{narrow}_interleave1", _NarrowDispatcher)
 
     @property
     def signatures(self):
-        """The signatures compiled so far, by either copy."""
-        if self.single is self.interleaved:
-            return self.interleaved.signatures
-        return self.interleaved.signatures + self.single.signatures
+        """The signatures compiled so far, by any copy."""
+        copies = {id(c): c for c in (self.interleaved, self.single, self.narrow)}
+        return [sig for c in copies.values() for sig in c.signatures]
 
     def for_rows(self, rows):
         """The compiled kernel for factor rows like the 2-D array ``rows``."""
-        lanes = max(1, VECTOR_BYTES // rows.itemsize)
-        return self.single if rows.shape[1] % (2 * lanes) >= lanes else self.interleaved
+        return getattr(self, copy_for(rows.shape[1], rows.itemsize))
 
     def __reduce__(self):  # pickled by reference, like a module-level jitted function
         return _module_attribute, (self.__module__, self.__name__)

@@ -325,16 +325,16 @@ def test_csr_kernels_do_not_depend_on_where_the_factors_start(dtype, r):
             np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("copy", ["interleaved", "single"])
+@pytest.mark.parametrize("copy", ["interleaved", "single", "narrow"])
 @pytest.mark.parametrize("r", [1, 3, 4, 5, 8, 12, 17, 20, 33])
 @pytest.mark.parametrize("idx_dtype", IDX_DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_row_kernels_every_vector_remainder(dtype, idx_dtype, r, copy):
-    """The row kernels' inner loops run over r elements: vectors of 4 (float64) or 8
-    (float32) lanes, one or two per iteration, and a remainder; these ranks hit a row
-    shorter than a vector, exact multiples, and every kind of remainder, for the CSR
-    products, the KL numerator and loss, and the HALS sweeps, in both compiled copies of
-    each (whichever the rank would pick)."""
+    """The row kernels' inner loops run over r elements: vectors of 2-8 lanes, one or two
+    per iteration, and a remainder; these ranks hit a row shorter than a vector, exact
+    multiples, and every kind of remainder, for the CSR products, the KL numerator and
+    loss, and the HALS sweeps, in all three compiled copies of each (whichever the rank
+    would pick)."""
     kern = {name: getattr(mod, name).__dict__[copy] for mod, name in (
         (ks, "csr_times_dense"), (ks, "csr_kl_numerator"), (ks, "csr_kl_loss_rows"),
         (kf, "hals_sweeps"))}
@@ -405,13 +405,14 @@ def test_csr_beta_all_entries(dtype, idx_dtype, beta, threads):
 # ------------------------------------------------------------------------------------------
 # dense row-block kernels
 
+@pytest.mark.parametrize("kernel", ["dense_times", "dense_times_gt"])
 @pytest.mark.parametrize("block", [1, 7, 64])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_dense_times(dtype, block, threads):
+def test_dense_times(dtype, block, kernel, threads):
     X = make_X(dtype)
     G = make_factor(N, dtype, 11)
     out = np.full((M, G.shape[1]), np.nan, dtype=dtype)
-    kd.dense_times(X, G, out, block)
+    getattr(kd, kernel)(X, G, out, block)
     assert out.dtype == dtype
     assert_close(out, ref.product(X, G), RTOL[dtype], f"X @ G block={block}")
 
@@ -593,19 +594,28 @@ def test_operator_product(fmt, dtype, threads):
         assert_close(out, expected, RTOL[dtype], f"product side {side}")
 
 
-def test_dense_operator_makes_its_transposed_copy_only_for_beta_terms():
-    """A Frobenius fit on dense X (products both ways, losses) never holds a copy of X^T;
-    the beta kernels of side H make one at first use and keep it."""
-    Xin, op, W, Ht = operator_case("dense", np.float64, 2.0)
-    for beta in (2.0, 1.0):
-        solver = MU(op, W.copy(), Ht.copy(), beta, Penalty()) if beta == 1.0 else \
-            HALS(op, W.copy(), Ht.copy(), beta, Penalty())
+@pytest.mark.parametrize("m,n,partials", [(2000, 30, True), (30, 2000, False), (30, 20, False)])
+def test_dense_operator_transposed_product(m, n, partials):
+    """X^T W on dense X: from per-block partials of a tall X (no transposed copy made, also
+    not by a whole Frobenius MU or HALS step with its loss), from row blocks of the copy
+    X^T otherwise; both against NumPy. The beta kernels of side H make the copy at first use
+    and keep it."""
+    X = make_X(np.float64, m=m, n=n)
+    op = make_operator(np.ascontiguousarray(X))
+    W = make_factor(m, np.float64, 10)
+    Ht = make_factor(n, np.float64, 11)
+    assert bool(op._transposed_block(R)) == partials
+    out = np.full((n, R), np.nan)
+    op.product("H", W, out)
+    assert_close(out, ref.product(X.T, W), RTOL[np.float64], "X^T W")
+    assert (op._XT is None) == partials
+    for solver in (MU(op, W.copy(), Ht.copy(), 2.0, Penalty()),
+                   HALS(op, W.copy(), Ht.copy(), 2.0, Penalty())):
         solver.step(want_loss=True)
-        if beta == 2.0:
-            MU(op, W.copy(), Ht.copy(), beta, Penalty()).step(want_loss=True)
-            assert op._XT is None
+        assert (op._XT is None) == partials
+    MU(op, W.copy(), Ht.copy(), 1.0, Penalty()).step(want_loss=True)
     assert op._XT is not None and op.XT is op._XT
-    assert np.array_equal(op.XT, np.asarray(Xin).T) and op.XT.flags.c_contiguous
+    assert np.array_equal(op.XT, X.T) and op.XT.flags.c_contiguous
 
 
 @pytest.mark.parametrize("beta", [1.0, 0.5, 1.5, 3.0, 0.0])
@@ -986,6 +996,8 @@ KERNELS = {
     "csr_kl_loss_rows": ks.csr_kl_loss_rows,
     "csr_beta_all_entries": ks.csr_beta_all_entries,
     "dense_times": kd.dense_times,
+    "dense_times_gt": kd.dense_times_gt,
+    "dense_times_transposed": kd.dense_times_transposed,
     "dense_beta_blocks": kd.dense_beta_blocks,
     "mu_apply": kf.mu_apply,
     "mu_apply_gram": kf.mu_apply_gram,
@@ -1089,16 +1101,21 @@ def test_interleave_option_is_scoped_to_the_compile(monkeypatch):
 
 
 def _vector_registers(disp):
+    """The vector register widths the arithmetic of a dispatcher's code uses (copies of
+    small structs may use wider moves whatever the vectorizer's width)."""
     import re
     asm = disp.inspect_asm(disp.signatures[0])
-    return set(re.findall(r"%([xyz]mm)\d", asm))
+    arith = re.compile(r"\tv(f?n?m?add|sub|mul|div|fmadd|fnmadd)\w*\s")
+    return {reg for line in asm.splitlines() if arith.match(line)
+            for reg in re.findall(r"%([xyz]mm)\d", line)}
 
 
-def test_row_kernels_are_compiled_for_32_byte_vectors():
-    """Every function compiled for a row kernel carries LLVM's prefer-vector-width = 256
-    attribute, its machine code uses no 64-byte (zmm) registers even on AVX-512 hosts, and
-    the hook that adds the attribute exists only during that compile (also one that fails):
-    a function compiled afterwards gets LLVM's own choice again, the same as before."""
+def test_row_kernels_are_compiled_for_their_vector_width():
+    """Every function compiled for a row kernel carries LLVM's prefer-vector-width attribute
+    of its copy (256 bits; the narrow copy 128), its machine code uses no wider registers
+    even on AVX-512 hosts, and the hook that adds the attribute exists only during that
+    compile (also one that fails): a function compiled afterwards gets LLVM's own choice
+    again, the same as before."""
     from numba.core.codegen import CPUCodeLibrary
     from fastnmf import _jit
     opts = dict(parallel=True, nogil=True, error_model="numpy", fastmath=set(_jit.FASTMATH))
@@ -1106,22 +1123,45 @@ def test_row_kernels_are_compiled_for_32_byte_vectors():
     hook = CPUCodeLibrary.add_ir_module
     before = numba.njit(**opts)(_row_sum)
     before(A, out)
-    for cls in (_jit._RowDispatcher, _jit._InterleaveOneDispatcher):
+    for cls, bits, wider in ((_jit._RowDispatcher, 256, {"zmm"}),
+                             (_jit._InterleaveOneDispatcher, 256, {"zmm"}),
+                             (_jit._NarrowDispatcher, 128, {"ymm", "zmm"})):
         tagged = cls(py_func=_row_sum, locals={}, targetoptions=dict(nopython=True, **opts))
         tagged(A, out)
         assert (out == 40).all()
         ir = "".join(tagged.inspect_llvm().values())
-        assert _jit._WIDTH_ATTRIBUTE in ir
-        assert "zmm" not in _vector_registers(tagged)
-        assert "ymm" in _vector_registers(tagged) or not _has_avx2()
+        assert f'"prefer-vector-width"="{bits}"' in ir
+        assert not wider & _vector_registers(tagged)
+        if bits == 256:
+            assert "ymm" in _vector_registers(tagged) or not _has_avx2()
         with pytest.raises(numba.core.errors.TypingError):
             tagged(A, "not an array")
         assert CPUCodeLibrary.add_ir_module is hook
     after = numba.njit(**opts)(_row_sum)
     after(A, out)
-    assert _jit._WIDTH_ATTRIBUTE not in "".join(after.inspect_llvm().values())
+    assert "prefer-vector-width" not in "".join(after.inspect_llvm().values())
     assert _mnemonics(after) == _mnemonics(before)
     assert _vector_registers(after) == _vector_registers(before)
+
+
+def _max_of_every_other(a):
+    return np.max(a[::2])
+
+
+def test_row_kernel_width_stays_off_helpers_compiled_on_the_side():
+    """np.max of a strided uint16 array is compiled for the first time inside a row kernel's
+    compile, and Numba keeps it for later compiles: only the kernel's own functions get
+    the width attribute, so a plain function compiled later that uses np.max the same way
+    gets none."""
+    from fastnmf import _jit
+    a = np.arange(1000, dtype=np.uint16)
+    tagged = _jit._RowDispatcher(py_func=_max_of_every_other, locals={},
+                                 targetoptions=dict(nopython=True))
+    assert tagged(a) == 998
+    assert '"prefer-vector-width"="256"' in "".join(tagged.inspect_llvm().values())
+    plain = numba.njit(lambda x: np.max(x[::2]) + 1)
+    assert plain(a) == 999
+    assert "prefer-vector-width" not in "".join(plain.inspect_llvm().values())
 
 
 def _has_avx2():
@@ -1132,31 +1172,40 @@ def _has_avx2():
 def test_row_kernel_calls_the_copy_its_rows_select(monkeypatch):
     kern = ks.csr_times_dense
     called = []
-    monkeypatch.setattr(kern, "single", lambda *a: called.append("single"))
-    monkeypatch.setattr(kern, "interleaved", lambda *a: called.append("interleaved"))
+    for name in ("interleaved", "single", "narrow"):
+        monkeypatch.setattr(kern, name, lambda *a, name=name: called.append(name))
     idx = np.zeros(1, np.int32)
     kern(idx, idx, np.zeros(0), np.zeros((2, 20)), np.zeros((1, 20)))
     kern(idx, idx, np.zeros(0), np.zeros((2, 32)), np.zeros((1, 32)))
-    assert called == ["single", "interleaved"]
+    kern(idx, idx, np.zeros(0, np.float32), np.zeros((2, 12), np.float32),
+         np.zeros((1, 12), np.float32))
+    assert called == ["single", "interleaved", "narrow"]
 
 
-@pytest.mark.parametrize("dtype,r,single", [
-    (np.float64, 20, True), (np.float64, 30, True), (np.float64, 12, True),
-    (np.float64, 32, False), (np.float64, 10, False), (np.float64, 3, False),
-    (np.float32, 24, True), (np.float32, 8, True), (np.float32, 20, False),
-    (np.float32, 32, False)])
-def test_row_kernel_takes_the_single_vector_copy_when_a_vector_would_be_left(dtype, r, single):
-    """r mod (2 lanes) >= lanes (4 float64 / 8 float32 lanes): the default two vectors per
-    iteration would leave a whole vector to the scalar loop."""
+@pytest.mark.parametrize("dtype,r,copy", [
+    (np.float64, 20, "single"), (np.float64, 30, "single"), (np.float64, 12, "single"),
+    (np.float64, 32, "interleaved"), (np.float64, 10, "interleaved"),
+    (np.float64, 1, "interleaved"), (np.float64, 3, "narrow"),
+    (np.float32, 24, "single"), (np.float32, 8, "single"), (np.float32, 28, "single"),
+    (np.float32, 20, "narrow"), (np.float32, 12, "narrow"), (np.float32, 32, "interleaved"),
+    (np.float32, 16, "interleaved"), (np.float32, 36, "interleaved")])
+def test_row_kernel_takes_the_copy_with_the_fewest_operations(dtype, r, copy):
+    """Vector operations + scalar remainder per row (32-byte vectors 4 float64 / 8 float32
+    lanes, two or one per iteration; 16-byte vectors one per iteration), ties to the wider,
+    more interleaved copy. E.g. float64 r = 20: 2 x 2 + 4 = 8, 5 + 0 = 5, 10 -> single;
+    float32 r = 20: 2 + 4, 2 + 4, 5 + 0 -> narrow."""
     from fastnmf import _jit
     if not _jit.CAN_SCOPE_INTERLEAVE:
         pytest.skip("LLVM < 15: the row kernels are compiled once")
     rows = np.zeros((3, r), dtype=dtype)
     chosen = ks.csr_times_dense.for_rows(rows)
-    assert chosen is (ks.csr_times_dense.single if single else ks.csr_times_dense.interleaved)
-    # both copies are cached on disk like every other kernel, under their own names
+    assert chosen is getattr(ks.csr_times_dense, copy)
+    # the copies are cached on disk like every other kernel, under their own names
     assert type(chosen._cache).__name__ == "FunctionCache"
-    assert ks.csr_times_dense.single.py_func.__qualname__.endswith("_interleave1")
+    names = {c.py_func.__qualname__ for c in (ks.csr_times_dense.interleaved,
+                                               ks.csr_times_dense.single,
+                                               ks.csr_times_dense.narrow)}
+    assert len(names) == 3
 
 
 def test_row_kernels_pickle_by_reference():

@@ -19,13 +19,24 @@ from ._scalar import beta_divergence_entry
 
 @parallel_kernel
 def dense_times(A, G, out, block):
-    """out = A @ G (A m x n C-contiguous, G n x r).
+    """out = A @ G (A m x n C-contiguous, G n x r)."""
+    m = A.shape[0]
+    for b in prange((m + block - 1) // block):
+        s = b * block
+        e = min(m, s + block)
+        np.dot(A[s:e], G, out[s:e])
 
-    Each block is computed transposed, out_b^T = G^T A_b^T, with the small factor as the
-    left operand: single-threaded OpenBLAS ran the 10,000 x 784 by 784 x 30 products at
-    36 GFLOP/s that way and at 26-27 the other way (every block size tried; X^T W 31-36
-    against 22-27), as the m x r result is no longer the operand whose shape starves the
-    kernel. The r x b block result is transposed into ``out`` while it is in cache.
+
+@parallel_kernel
+def dense_times_gt(A, G, out, block):
+    """out = A @ G as ``dense_times``, each block computed transposed, out_b^T = G^T A_b^T,
+    with the small factor as the left operand, and transposed into ``out`` while in cache.
+
+    Single-threaded OpenBLAS ran 10,000 x 784 by 784 x 30 at 36 GFLOP/s that way and at
+    26-27 the other way. It pays for blocks of many rows and not too few columns; the caller
+    chooses (``DenseOperator``): measured 1.20-1.25x with 625-1024-row blocks and 784-1000
+    columns, but 0.66x with 16-row blocks of 100,000 columns and 0.87x with 1024-row blocks
+    of 200 columns.
     """
     m = A.shape[0]
     GT = np.ascontiguousarray(G.T)
@@ -43,15 +54,19 @@ def dense_times_transposed(A, F, partial, out, block):
 
     The same product by row blocks of a copy of A^T ran K = m long GEMMs with b-column
     results: 9.5 ms for 784 x 10,000 by 10,000 x 30 at 2 threads, against 7.3 ms this way.
-    The second pass sums 16 partials per entry (n r (m / block) additions), in parallel over
-    columns; each thread writes only its own rows of ``out``.
+    It pays only for tall A with blocks of many rows per partial (the caller decides, see
+    ``DenseOperator``). The second pass sums the partials (n r (m / block) additions) in
+    parallel over column tiles; each tile writes only its own rows of ``out``.
     """
     m, n = A.shape
     nb = (m + block - 1) // block
+    if nb == 0:
+        out[:] = 0
+        return
     for b in prange(nb):
         s = b * block
         e = min(m, s + block)
-        partial[b] = np.dot(np.ascontiguousarray(F[s:e].T), A[s:e])
+        np.dot(np.ascontiguousarray(F[s:e].T), A[s:e], partial[b])
     cols = 256
     for c in prange((n + cols - 1) // cols):
         j0 = c * cols
