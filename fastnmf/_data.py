@@ -183,11 +183,25 @@ class DenseOperator(_Operator):
             self._times("H", G, out)
             return out
         # X^T W from X itself: no transposed copy of X (kd.dense_times_transposed)
+        kd.dense_times_transposed(self.X, G, self._partials(block, G), out, block)
+        return out
+
+    def _partials(self, block, G):
         shape = (-(-self.shape[0] // block), G.shape[1], self.shape[1])
         if self._partial is None or self._partial.shape != shape or self._partial.dtype != G.dtype:
             self._partial = np.empty(shape, dtype=G.dtype)
-        kd.dense_times_transposed(self.X, G, self._partial, out, block)
-        return out
+        return self._partial
+
+    def mu_frobenius_w_step(self, W, Ht, gram, l1, l2, gamma, tiny, out):
+        """The Frobenius MU step of W (gram = Ht^T Ht) and then out = X^T W, in one pass over
+        X (kd.dense_mu_frobenius_w), where X^T W would be summed from partials anyway and
+        the products take the G^T A_b^T orientation; False (nothing done) elsewhere."""
+        block = self._transposed_block(W.shape[1])
+        if not (block and self._gt["W"]):
+            return False
+        kd.dense_mu_frobenius_w(self.X, W, Ht, gram, l1, l2, gamma, tiny,
+                                self._partials(block, W), out, block)
+        return True
 
     def cross64(self, W64, H64):
         """<W, X Ht> in float64, X converted block by block (no float64 copy of X)."""

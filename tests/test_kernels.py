@@ -816,6 +816,46 @@ def test_mu_step(dtype, fmt, beta, pen, threads):
     assert solver.step(False) is None
 
 
+@pytest.mark.parametrize("pen", ["none", "l1l2"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_mu_step_on_tall_dense_x_reads_x_once(dtype, pen, threads, monkeypatch):
+    """On a tall dense X a Frobenius MU iteration takes the fused W step (W updated and X^T W
+    made in one pass over X); the iteration is still the reference one, and its H step uses
+    no other product with X."""
+    m, n = 4096, 512
+    X = make_X(dtype, m=m, n=n)
+    W = make_factor(m, dtype, 20)
+    Ht = make_factor(n, dtype, 21)
+    kw = PENALTIES[pen]
+    op = make_operator(np.ascontiguousarray(X))
+    calls = []
+    fused = op.mu_frobenius_w_step
+    monkeypatch.setattr(op, "mu_frobenius_w_step", lambda *a: calls.append(fused(*a)) or calls[-1])
+    monkeypatch.setattr(op, "product", lambda *a: calls.append("product"))
+    solver = MU(op, W.copy(), Ht.copy(), 2.0, Penalty(**kw))
+    obj = solver.step(True)
+    assert calls == [True]
+    W_ref, Ht_ref = ref.mu_iteration(X, W, Ht, 2.0, eps=ref.wh_guard(dtype, 2.0),
+                                     tiny=np.sqrt(np.finfo(dtype).tiny), **kw)
+    assert_close(solver.W, W_ref, RTOL_STEP[dtype], "W")
+    assert_close(solver.Ht, Ht_ref, RTOL_STEP[dtype], "Ht")
+    expected_obj = (ref.model_loss(X, solver.W, solver.Ht, 2.0)
+                    + ref.penalty(solver.W, kw.get("l1_W", 0), kw.get("l2_W", 0))
+                    + ref.penalty(solver.Ht, kw.get("l1_H", 0), kw.get("l2_H", 0)))
+    assert_scalar_close(obj, expected_obj, RTOL_LOSS[dtype], "objective")
+
+
+def test_mu_fused_w_step_only_with_both_sides():
+    """With H fixed (update_H=False, as in transform) the W step takes the plain path: the
+    fused one would make X^T W for nothing."""
+    X = make_X(np.float64, m=4096, n=512)
+    op = make_operator(np.ascontiguousarray(X))
+    solver = MU(op, make_factor(4096, np.float64, 1), make_factor(512, np.float64, 2), 2.0,
+                Penalty(), update_H=False)
+    solver.step(False)
+    assert op._partial is None
+
+
 @pytest.mark.parametrize("pen", list(PENALTIES))
 @pytest.mark.parametrize("fmt", ["dense", "csr-int32", "csr-int64"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)

@@ -27,6 +27,15 @@ class MU(Solver):
         self._num = {"W": aligned_like(W), "H": aligned_like(Ht)}
         self._den = {} if beta == 2 else {"W": aligned_like(W), "H": aligned_like(Ht)}
         self._gram = np.empty((r, r), dtype=self.dtype)
+        self._num_h_ready = False
+
+    def _fused_w_step(self, l1, l2):
+        """The W step and the H side's numerator X^T W in one pass over X, where the operator
+        offers it (tall dense X: ``mu_frobenius_w_step``); the H step then uses it."""
+        fused = getattr(self.op, "mu_frobenius_w_step", None)
+        self._num_h_ready = bool(fused and fused(self.W, self.Ht, self._gram, l1, l2,
+                                                 self.gamma, self.tiny, self._num["H"]))
+        return self._num_h_ready
 
     def _update(self, side):
         F, G = self.factors(side)
@@ -34,8 +43,12 @@ class MU(Solver):
         T = self.dtype.type
         l1, l2 = T(self.penalty.l1[side]), T(self.penalty.l2[side])
         if self.beta == 2:
-            self.op.product(side, G, num)
             np.matmul(G.T, G, out=self._gram)
+            if side == "W" and "H" in self.sides and self._fused_w_step(l1, l2):
+                return
+            if not (side == "H" and self._num_h_ready):
+                self.op.product(side, G, num)
+            self._num_h_ready = False
             mu_apply_gram(F, num, self._gram, l1, l2, self.gamma, self.tiny)
             self._remember_cross(F, num)
         else:
