@@ -49,6 +49,8 @@ WORK = {
     "dense_times_T": "out = X^T @ W (C copy of X^T): 2 m n r flops; m n s + m r s + n r s",
     "dense_times_gt": "out = X @ Ht by row blocks, each as Ht^T X_b^T: 2 m n r flops; "
                       "m n s + m r s + n r s bytes",
+    "dense_mu_frobenius_w": "Frobenius MU step of W + X^T W in one pass over X (W restored "
+                            "first): 4 m n r + 2 m r^2 flops; m n s + 4 m r s + n r s bytes",
     "dense_times_transposed": "out = X^T @ W from X (partials per row block, summed): 2 m n r "
                               "flops; m n s + m r s + n r s",
     "dense_beta_kl": "KL MU numerator, WH per block: 4 m n r flops; m n s + 2 m r s + n r s",
@@ -220,8 +222,8 @@ class DenseKernels(_KernelBench):
     """fastnmf._kernels.dense on image-like matrices (_common.DENSE_SIZES; IS on the strictly
     positive variant), r = KERNEL_RANK, row blocks as DenseOperator picks them."""
     params = [["dense_times", "dense_times_T", "dense_times_gt", "dense_times_transposed",
-               "dense_beta_kl", "dense_beta_is", "dense_beta_1.5", "dense_beta_loss",
-               "dense_cross64"],
+               "dense_mu_frobenius_w", "dense_beta_kl", "dense_beta_is", "dense_beta_1.5",
+               "dense_beta_loss", "dense_cross64"],
               list(c.DTYPES), list(c.KERNEL_SIZES)]
 
     def setup_cache(self):
@@ -256,6 +258,19 @@ class DenseKernels(_KernelBench):
             f = _kernel("dense", "dense_times_gt")
             out = np.empty_like(W)
             return lambda: f(X, Ht, out, block), 2 * m * n * R, base
+        if kernel == "dense_mu_frobenius_w":
+            f = _kernel("dense", "dense_mu_frobenius_w")
+            from fastnmf._data import DenseOperator
+            t_block = int(DenseOperator(X)._transposed_block(R)) or block
+            partial = np.empty((-(-m // t_block), R, n), dtype=dtype)
+            gram = np.ascontiguousarray(Ht.T @ Ht)
+            Wc, out = W.copy(), np.empty_like(Ht)
+            zero, one, tiny = T(0), T(1), T(np.sqrt(np.finfo(dtype).tiny))
+
+            def step():
+                np.copyto(Wc, W)
+                f(X, Wc, Ht, gram, zero, zero, one, tiny, partial, out, t_block)
+            return step, 4 * m * n * R + 2 * m * R * R, base + 3 * m * R * s
         if kernel == "dense_times_transposed":   # X^T W as DenseOperator computes it
             f = _kernel("dense", "dense_times_transposed")
             try:   # the operator's block (0 where it would not use partials for this shape)
