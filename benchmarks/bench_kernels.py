@@ -60,6 +60,7 @@ WORK = {
     "dense_cross64": "<W, X Ht> in float64 (Frobenius loss of float32 X): 2 m n r + 2 m r "
                      "flops; m n s + 8 (m + n) r bytes",
     "mu_apply": "F *= num / den over m x r: 4 m r flops; 4 m r s bytes",
+    "gram": "F^T F by row blocks in parallel, summed in order: 2 m r^2 flops; m r s bytes",
     "mu_apply_gram": "Frobenius MU step, den = F @ gram per 64-row block: 2 m r^2 + 5 m r flops; "
                      "3 m r s + r^2 s bytes",
     "hals_sweeps": "3 HALS sweeps over the rows of F (m x r): 3 m (2 r^2 + 4 r) flops; "
@@ -305,7 +306,7 @@ class DenseKernels(_KernelBench):
 @c.with_attrs(c.KERNEL_ATTRS)
 class FactorKernels(_KernelBench):
     """fastnmf._kernels.factor on an m x r factor, m = the rows of the sparse size."""
-    params = [["mu_apply", "mu_apply_gram", "hals_sweeps"], list(c.DTYPES),
+    params = [["mu_apply", "mu_apply_gram", "gram", "hals_sweeps"], list(c.DTYPES),
               list(c.KERNEL_SIZES)]
     sweeps = 3
 
@@ -333,6 +334,12 @@ class FactorKernels(_KernelBench):
             tiny, zero, one = T(np.sqrt(np.finfo(dtype).tiny)), T(0), T(1)
             return (lambda: f(F, num, gram, zero, zero, one, tiny),
                     2 * m * R * R + 5 * m * R, 3 * m * R * s + R * R * s)
+        if kernel == "gram":
+            f = _kernel("factor", "gram")
+            parts = np.empty((getattr(_kernel_module("factor"), "GRAM_BLOCKS", 16), R, R),
+                             dtype=dtype)
+            out = np.empty((R, R), dtype=dtype)
+            return lambda: f(F, parts, out), 2 * m * R * R, m * R * s
         f = _kernel("factor", "hals_sweeps")
         G = c.positive_factor(4 * R, R, dtype, seed=5)
         Q = np.ascontiguousarray(G.T @ G)

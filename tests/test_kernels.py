@@ -594,6 +594,32 @@ def test_operator_product(fmt, dtype, threads):
         assert_close(out, expected, RTOL[dtype], f"product side {side}")
 
 
+@pytest.mark.parametrize("m", [1, 7, 255, 256, 257, 4100, 9000])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_gram(dtype, m, threads):
+    """G^T G from row blocks (one to GRAM_BLOCKS of them) summed in order, against NumPy in
+    float64; ``out`` and the scratch start as NaN."""
+    G = np.random.default_rng(m).uniform(0.2, 1.2, (m, 6)).astype(dtype)
+    parts = np.full((kf.GRAM_BLOCKS, 6, 6), np.nan, dtype=dtype)
+    out = np.full((6, 6), np.nan, dtype=dtype)
+    kf.gram(G, parts, out)
+    assert out.dtype == dtype
+    G64 = G.astype(np.float64)
+    assert_close(out, G64.T @ G64, RTOL[dtype], f"gram m={m}")
+
+
+def test_gram_is_independent_of_threads():
+    G = np.random.default_rng(0).random((9000, 20))
+    parts = np.empty((kf.GRAM_BLOCKS, 20, 20))
+    outs = []
+    for t in (1, 2):
+        with numba_threads(t):
+            out = np.empty((20, 20))
+            kf.gram(G, parts, out)
+            outs.append(out)
+    assert np.array_equal(outs[0], outs[1])
+
+
 @pytest.mark.parametrize("m,n,partials", [(2000, 30, True), (30, 2000, False), (30, 20, False)])
 def test_dense_operator_transposed_product(m, n, partials):
     """X^T W on dense X: from per-block partials of a tall X (no transposed copy made, also
@@ -1040,6 +1066,7 @@ KERNELS = {
     "dense_times_transposed": kd.dense_times_transposed,
     "dense_beta_blocks": kd.dense_beta_blocks,
     "mu_apply": kf.mu_apply,
+    "gram": kf.gram,
     "mu_apply_gram": kf.mu_apply_gram,
     "hals_sweeps": kf.hals_sweeps,
 }

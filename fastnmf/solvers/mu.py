@@ -9,7 +9,7 @@ For beta = 2: num = A G and den = F (G^T G); for beta = 1: den = 1^T G (column s
 """
 import numpy as np
 
-from .._kernels.factor import mu_apply, mu_apply_gram
+from .._kernels.factor import GRAM_BLOCKS, gram, mu_apply, mu_apply_gram
 from .._memory import aligned_like
 from .._validation import mu_exponent
 from ._base import Solver
@@ -27,6 +27,7 @@ class MU(Solver):
         self._num = {"W": aligned_like(W), "H": aligned_like(Ht)}
         self._den = {} if beta == 2 else {"W": aligned_like(W), "H": aligned_like(Ht)}
         self._gram = np.empty((r, r), dtype=self.dtype)
+        self._gram_parts = np.empty((GRAM_BLOCKS, r, r), dtype=self.dtype)
         self._num_h_ready = False
 
     def _fused_w_step(self, l1, l2):
@@ -43,7 +44,7 @@ class MU(Solver):
         T = self.dtype.type
         l1, l2 = T(self.penalty.l1[side]), T(self.penalty.l2[side])
         if self.beta == 2:
-            np.matmul(G.T, G, out=self._gram)
+            gram(G, self._gram_parts, self._gram)
             if side == "W" and "H" in self.sides and self._fused_w_step(l1, l2):
                 return
             if not (side == "H" and self._num_h_ready):
