@@ -4,10 +4,16 @@ Three classes, one per kernel module, each parameterized over kernel x dtype x s
 
 * ``SparseKernels``: the CSR products (X Ht; X^T W through the transposed CSR copy), the fused
   KL numerator and KL loss rows, the general-beta all-entries kernel (beta = 1.5: terms, loss);
-* ``DenseKernels``: ``dense_times`` (X Ht, X^T W on the C-contiguous copy of X^T) and the
-  fused ``dense_beta_blocks`` (MU terms for KL, IS and beta = 1.5; the KL loss rows alone);
+* ``DenseKernels``: ``dense_times`` (X Ht, X^T W on the C-contiguous copy of X^T),
+  ``dense_times_gt`` (X Ht with each block as Ht^T X_b^T), ``dense_times_transposed`` (X^T W
+  from partials of X), ``dense_mu_frobenius_w`` (the one-pass MU step of W and X^T W; at the
+  small and medium sizes DenseOperator would not pick it, the kernel is timed anyway), the
+  fused ``dense_beta_blocks`` (MU terms for KL, IS and beta = 1.5; the KL loss rows alone) and
+  ``dense_cross64``. Until 093d784 ``dense_times`` computed each block as G^T A_b^T (what
+  ``dense_times_gt`` does now), so its history changes there;
 * ``FactorKernels``: ``mu_apply`` (gamma 1), ``mu_apply_gram`` (the Frobenius step with its
-  denominator made in the kernel) and ``hals_sweeps`` (3 sweeps, fixed work).
+  denominator made in the kernel), ``gram`` (F^T F by row blocks) and ``hals_sweeps`` (3
+  sweeps, fixed work).
 
 Each class has three benchmarks over the same parameters:
 

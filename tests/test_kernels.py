@@ -432,6 +432,40 @@ def test_dense_times_transposed(dtype, block, threads):
     assert_close(out, ref.product(X.T, F), RTOL[dtype], f"X^T @ F block={block}")
 
 
+@pytest.mark.parametrize("block", [1, 7, 64])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_dense_mu_frobenius_w(dtype, block, threads):
+    """The one-pass step against NumPy: W <- W * (X Ht) / max(W (Ht^T Ht) + l1 + l2 W, tiny)
+    (gamma 1), then X^T W with the new W; partial and out start as NaN."""
+    X = make_X(dtype)
+    W = make_factor(M, dtype, 12)
+    Ht = make_factor(N, dtype, 13)
+    T = np.dtype(dtype).type
+    l1, l2, tiny = T(0.5), T(0.25), T(np.sqrt(np.finfo(dtype).tiny))
+    gram = np.ascontiguousarray(Ht.T @ Ht)
+    X64, W64, H64 = (a.astype(np.float64) for a in (X, W, Ht))
+    W_ref = W64 * (X64 @ H64) / np.maximum(W64 @ (H64.T @ H64) + 0.5 + 0.25 * W64, float(tiny))
+    partial = np.full((-(-M // block), R, N), np.nan, dtype=dtype)
+    out = np.full((N, R), np.nan, dtype=dtype)
+    Wk = W.copy()
+    kd.dense_mu_frobenius_w(X, Wk, Ht, gram, l1, l2, T(1), tiny, partial, out, block)
+    assert Wk.dtype == dtype and out.dtype == dtype
+    assert_close(Wk, W_ref, RTOL_STEP[dtype], f"W block={block}")
+    assert_close(out, X64.T @ Wk.astype(np.float64), RTOL[dtype], f"X^T W block={block}")
+
+
+def test_sum_partials_adds_in_block_order():
+    """out = sum of the partials, with the sum of the first nb only, and transposed."""
+    rng = np.random.default_rng(5)
+    partial = rng.random((5, 3, 600))
+    out = np.full((600, 3), np.nan)
+    kd.sum_partials(partial, 4, out)
+    expected = partial[0].copy()
+    for b in range(1, 4):
+        expected += partial[b]
+    np.testing.assert_array_equal(out, expected.T)
+
+
 def test_dense_times_transposed_is_independent_of_threads():
     X = make_X(np.float64, m=300, n=50)
     F = make_factor(300, np.float64, 13)
@@ -842,13 +876,14 @@ def test_mu_step(dtype, fmt, beta, pen, threads):
     assert solver.step(False) is None
 
 
+@pytest.mark.parametrize("m", [4096, 4100])
 @pytest.mark.parametrize("pen", ["none", "l1l2"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_mu_step_on_tall_dense_x_reads_x_once(dtype, pen, threads, monkeypatch):
+def test_mu_step_on_tall_dense_x_reads_x_once(dtype, pen, m, threads, monkeypatch):
     """On a tall dense X a Frobenius MU iteration takes the fused W step (W updated and X^T W
     made in one pass over X); the iteration is still the reference one, and its H step uses
-    no other product with X."""
-    m, n = 4096, 512
+    no other product with X. m = 4100 leaves a short last block."""
+    n = 512
     X = make_X(dtype, m=m, n=n)
     W = make_factor(m, dtype, 20)
     Ht = make_factor(n, dtype, 21)
@@ -1064,6 +1099,8 @@ KERNELS = {
     "dense_times": kd.dense_times,
     "dense_times_gt": kd.dense_times_gt,
     "dense_times_transposed": kd.dense_times_transposed,
+    "dense_mu_frobenius_w": kd.dense_mu_frobenius_w,
+    "sum_partials": kd.sum_partials,
     "dense_beta_blocks": kd.dense_beta_blocks,
     "mu_apply": kf.mu_apply,
     "gram": kf.gram,

@@ -1,8 +1,10 @@
 """Dense kernels: row blocks in parallel, each block's products by a single-threaded BLAS call.
 
 Threading contract: ``prange`` over fixed blocks of ``block`` rows; block b reads shared
-inputs and writes only rows [b*block, (b+1)*block) of its outputs (and of ``loss_rows``), and
-its scratch arrays are its own. BLAS runs single-threaded inside (the caller limits BLAS to
+inputs and writes only rows [b*block, (b+1)*block) of its outputs (and of ``loss_rows``, and
+of W in the one-pass MU step), or only ``partial[b]`` in the kernels that sum per-block
+partial products; those sums then run over column tiles, each tile writing only its own
+rows of ``out``. Scratch arrays are a block's own. BLAS runs single-threaded inside (the caller limits BLAS to
 one thread for the fit), so Numba's pool is the only one running: no two pools spin against
 each other, and a row's result does not depend on the thread count.
 
@@ -15,7 +17,8 @@ from numba import prange
 
 from .._jit import parallel_kernel
 from ._scalar import beta_divergence_entry
-from .factor import mu_entry
+from .factor import mu_entry   # Numba's cache watches this file only: after a change to
+                               # mu_entry, clear __pycache__/*.nb* (as for _scalar)
 
 
 @parallel_kernel
