@@ -35,10 +35,11 @@ sweeps. Two choices of LLVM's loop vectorizer decide how such a row is cut into 
 
 So a row kernel has three compiled copies, each compiled lazily on first use: ``interleaved``
 (32-byte vectors, two per iteration), ``single`` (32-byte, one per iteration) and ``narrow``
-(16-byte, one per iteration). A call takes the copy with the fewest vector plus scalar
-operations per row of r elements (``copy_for``; ties go to the wider, more interleaved
-copy): float64 r = 20 is five 32-byte vectors (single), float32 r = 20 five 16-byte ones
-(narrow; 32-byte vectors leave four scalars), r = 32 goes to the default. Measured on the
+(16-byte, one per iteration). A call takes the copy with the fewest vector operations per
+row of r elements, a scalar remainder element counting as two (``copy_for``; ties go to
+the wider, more interleaved copy): float64 r = 20 is five 32-byte vectors (single), float32
+r = 20 five 16-byte ones (narrow; 32-byte vectors leave four scalars), r = 32 goes to the
+default. Measured on the
 Zen 4 host, same process, alternating order: the narrow copy against the copy a
 two-copy rule took (single at float32 r = 12: products 1.21-1.22x, KL numerators 1.32x,
 sweeps 1.32x; interleaved at float32 r = 20: 1.02-1.03x / 1.08-1.09x / 1.15x). Where the rule keeps the default, forcing interleave 1 was
@@ -157,16 +158,28 @@ class _NarrowDispatcher(_RowDispatcher):
     interleave_one = True
 
 
+SCALAR_COST = 2   # a scalar remainder iteration, in vector operations (see copy_for)
+
+
 def _row_operations(r, lanes, step):
-    """Vector operations plus scalar remainder iterations for a row of r elements, in a loop
-    that takes ``step`` elements (``step // lanes`` vectors) per iteration."""
-    return (r // step) * (step // lanes) + r % step
+    """The cost of a row of r elements in a loop that takes ``step`` elements (``step //
+    lanes`` vectors) per iteration: its vector operations plus SCALAR_COST per element left
+    to the scalar remainder loop."""
+    return (r // step) * (step // lanes) + SCALAR_COST * (r % step)
 
 
 def copy_for(r, itemsize):
     """The compiled copy ("interleaved", "single" or "narrow") for factor rows of r elements
-    of ``itemsize`` bytes: the one with the fewest vector plus scalar operations per row,
-    the wider and more interleaved on a tie (see the module docstring)."""
+    of ``itemsize`` bytes: the one with the lowest ``_row_operations``, the wider and more
+    interleaved on a tie (see the module docstring).
+
+    A scalar remainder iteration counts as two vector operations: it has its own loads,
+    arithmetic and loop test. Checked on the Zen 4 host with X^T W + KL numerator + 2 sweeps
+    per call at r = 8-40 (15 ranks per dtype, three copies each): with the weight 1 the
+    chosen copy was within 3% of the fastest at 23 of 30 ranks, with 2 at 26 (float64 r = 10
+    narrow 1.15x, float32 r = 28 and 30 narrow 1.11x and 1.08x). The misses left are ties
+    that the single copy won by 1.04-1.09x (float64 r = 24, 26; float32 r = 16, 18) while
+    the interleaved one won the ties at float64 r = 32 and 40 (1.02-1.03x)."""
     lanes = max(1, VECTOR_BYTES // itemsize)
     narrow = max(1, NARROW_BYTES // itemsize)
     costs = (("interleaved", _row_operations(r, lanes, 2 * lanes)),
