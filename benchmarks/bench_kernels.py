@@ -342,10 +342,8 @@ class FactorKernels(_KernelBench):
                     2 * m * R * R + 5 * m * R, 3 * m * R * s + R * R * s)
         if kernel == "gram":
             f = _kernel("factor", "gram")
-            parts = np.empty((getattr(_kernel_module("factor"), "GRAM_BLOCKS", 16), R, R),
-                             dtype=dtype)
             out = np.empty((R, R), dtype=dtype)
-            return lambda: f(F, parts, out), 2 * m * R * R, m * R * s
+            return lambda: f(F, out), 2 * m * R * R, m * R * s
         f = _kernel("factor", "hals_sweeps")
         G = c.positive_factor(4 * R, R, dtype, seed=5)
         Q = np.ascontiguousarray(G.T @ G)

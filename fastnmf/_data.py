@@ -53,6 +53,12 @@ class _Operator:
         return max(0.5 * (self.sq_norm - 2.0 * cross + quad), 0.0)
 
 
+    def mu_frobenius_w_step(self, W, Ht, gram, l1, l2, gamma, tiny, out):
+        """The Frobenius MU step of W and out = X^T W in one pass over X, where an operator
+        can do that; returns False (nothing done) here: the solver then takes two passes."""
+        return False
+
+
 class CsrOperator(_Operator):
     """X in CSR (sorted, duplicate-free indices) plus one CSR copy of X.T for W.T @ X."""
 

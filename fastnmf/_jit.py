@@ -39,16 +39,14 @@ So a row kernel has three compiled copies, each compiled lazily on first use: ``
 row of r elements, a scalar remainder element counting as two (``copy_for``; ties go to
 the wider, more interleaved copy): float64 r = 20 is five 32-byte vectors (single), float32
 r = 20 five 16-byte ones (narrow; 32-byte vectors leave four scalars), r = 32 goes to the
-default. Measured on the
-Zen 4 host, same process, alternating order: the narrow copy against the copy a
-two-copy rule took (single at float32 r = 12: products 1.21-1.22x, KL numerators 1.32x,
-sweeps 1.32x; interleaved at float32 r = 20: 1.02-1.03x / 1.08-1.09x / 1.15x). Where the rule keeps the default, forcing interleave 1 was
-no better on the AVX2 host (float64 r = 32 sweeps 0.86x; float32 r = 20, which now takes the
-narrow copy, product 0.85x with the single copy against the default).
-Measured at float64 r = 10, 12, 20, 30, 32 and float32 r = 12, 16, 20, 24, 28, 32; other
-ranks follow the rule untested. The copies add a row's products in different orders in their
-dot products, so results can differ in the last bits between copies; each copy is
-deterministic and independent of the thread count.
+default. Measured on the Zen 4 host, same process, alternating order: the narrow copy
+against the copy a two-copy rule took (single at float32 r = 12: products 1.21-1.22x, KL
+numerators 1.32x, sweeps 1.32x; interleaved at float32 r = 20: 1.02-1.03x / 1.08-1.09x /
+1.15x). Where the rule keeps the default, forcing interleave 1 was no better on the AVX2
+host (float64 r = 32 sweeps 0.86x; float32 r = 20, which now takes the narrow copy,
+product 0.85x with the single copy against the default). The copies add a row's products
+in different orders in their dot products, so results can differ in the last bits between
+copies; each copy is deterministic and independent of the thread count.
 """
 import functools
 import types as pytypes

@@ -4,9 +4,9 @@ Threading contract: ``prange`` over fixed blocks of ``block`` rows; block b read
 inputs and writes only rows [b*block, (b+1)*block) of its outputs (and of ``loss_rows``, and
 of W in the one-pass MU step), or only ``partial[b]`` in the kernels that sum per-block
 partial products; those sums then run over column tiles, each tile writing only its own
-rows of ``out``. Scratch arrays are a block's own. BLAS runs single-threaded inside (the caller limits BLAS to
-one thread for the fit), so Numba's pool is the only one running: no two pools spin against
-each other, and a row's result does not depend on the thread count.
+rows of ``out``. Scratch arrays are a block's own. BLAS runs single-threaded inside (the
+caller limits BLAS to one thread for the fit), so Numba's pool is the only one running: no
+two pools spin against each other, and a row's result does not depend on the thread count.
 
 The beta kernels never form the m x n model: each block computes its rows of WH with one
 GEMM, turns them into the MU terms elementwise, and multiplies back with G, all while the
@@ -85,7 +85,7 @@ def dense_times_transposed(A, F, partial, out, block):
     for b in prange(nb):
         s = b * block
         e = min(m, s + block)
-        np.dot(np.ascontiguousarray(F[s:e].T), A[s:e], partial[b])
+        np.dot(F[s:e].T, A[s:e], partial[b])
     sum_partials(partial, nb, out)
 
 
@@ -119,7 +119,7 @@ def dense_mu_frobenius_w(A, W, Ht, gram, l1, l2, gamma, tiny, partial, out, bloc
             for k in range(r):
                 W[i, k] = mu_entry(W[i, k], num[k, i - s], den[i - s, k], l1, l2, gamma, tiny,
                                    normal)
-        np.dot(np.ascontiguousarray(W[s:e].T), Ab, partial[b])
+        np.dot(W[s:e].T, Ab, partial[b])
     sum_partials(partial, nb, out)
 
 

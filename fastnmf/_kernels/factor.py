@@ -47,20 +47,20 @@ GRAM_MIN_ROWS = 256   # fewest rows per block
 
 
 @parallel_kernel
-def gram(G, parts, out):
+def gram(G, out):
     """out = G^T G (r x r) for an m x r factor: partial Gram matrices of up to GRAM_BLOCKS
     row blocks (one single-threaded GEMM each) in parallel, summed in block order.
-    ``parts`` is (GRAM_BLOCKS, r, r) scratch.
 
     The fit holds BLAS to one thread (see docs/architecture.md), and one BLAS call took
     1.42 ms for 50,000 x 20 float64 on the Zen 4 host; the blocks at 2 threads 0.73 ms
     (20,000 x 20: 0.51 -> 0.15 ms; 300,000 x 32: 18.7 -> 10.1 ms; float32 50,000 x 20:
     0.65 -> 0.57 ms). On the earlier AVX2 host the same split had measured 0.62-1.10x.
-    Block b writes only parts[b]; the sum is serial (r^2 GRAM_BLOCKS additions).
+    Block b writes only its own r x r partial; the sum is serial (r^2 GRAM_BLOCKS additions).
     """
     m, r = G.shape
     block = max(GRAM_MIN_ROWS, (m + GRAM_BLOCKS - 1) // GRAM_BLOCKS)
     nb = max(1, (m + block - 1) // block)
+    parts = np.empty((nb, r, r), dtype=G.dtype)
     for b in prange(nb):
         s = min(m, b * block)
         e = min(m, s + block)

@@ -9,7 +9,7 @@ and a row stops when its sweep changes it by less than delta times its first swe
 """
 import numpy as np
 
-from .._kernels.factor import GRAM_BLOCKS, gram, hals_sweeps
+from .._kernels.factor import gram, hals_sweeps
 from .._memory import aligned_like
 from ._base import Solver
 
@@ -26,7 +26,6 @@ class HALS(Solver):
         r = W.shape[1]
         self._P = {"W": aligned_like(W), "H": aligned_like(Ht)}
         self._Q = np.empty((r, r), dtype=self.dtype)
-        self._Q_parts = np.empty((GRAM_BLOCKS, r, r), dtype=self.dtype)
         m, n = op.shape
         nnz = op.nnz  # the same count for dense and CSR storage: same sweeps, same result
         self._sweeps = {}
@@ -38,7 +37,7 @@ class HALS(Solver):
         F, G = self.factors(side)
         P = self._P[side]
         self.op.product(side, G, P)
-        gram(G, self._Q_parts, self._Q)
+        gram(G, self._Q)
         Q = self._Q
         l2 = self.penalty.l2[side]
         if l2:

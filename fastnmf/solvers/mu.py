@@ -9,7 +9,7 @@ For beta = 2: num = A G and den = F (G^T G); for beta = 1: den = 1^T G (column s
 """
 import numpy as np
 
-from .._kernels.factor import GRAM_BLOCKS, gram, mu_apply, mu_apply_gram
+from .._kernels.factor import gram, mu_apply, mu_apply_gram
 from .._memory import aligned_like
 from .._validation import mu_exponent
 from ._base import Solver
@@ -27,16 +27,7 @@ class MU(Solver):
         self._num = {"W": aligned_like(W), "H": aligned_like(Ht)}
         self._den = {} if beta == 2 else {"W": aligned_like(W), "H": aligned_like(Ht)}
         self._gram = np.empty((r, r), dtype=self.dtype)
-        self._gram_parts = np.empty((GRAM_BLOCKS, r, r), dtype=self.dtype)
         self._num_h_ready = False
-
-    def _fused_w_step(self, l1, l2):
-        """The W step and the H side's numerator X^T W in one pass over X, where the operator
-        offers it (tall dense X: ``mu_frobenius_w_step``); the H step then uses it."""
-        fused = getattr(self.op, "mu_frobenius_w_step", None)
-        self._num_h_ready = bool(fused and fused(self.W, self.Ht, self._gram, l1, l2,
-                                                 self.gamma, self.tiny, self._num["H"]))
-        return self._num_h_ready
 
     def _update(self, side):
         F, G = self.factors(side)
@@ -44,10 +35,14 @@ class MU(Solver):
         T = self.dtype.type
         l1, l2 = T(self.penalty.l1[side]), T(self.penalty.l2[side])
         if self.beta == 2:
-            gram(G, self._gram_parts, self._gram)
-            if side == "W" and "H" in self.sides and self._fused_w_step(l1, l2):
+            gram(G, self._gram)
+            # With H updated next, the operator may do the W step and make X^T W (the H
+            # step's numerator) in one pass over X (tall dense X; False elsewhere).
+            if side == "W" and "H" in self.sides and self.op.mu_frobenius_w_step(
+                    F, G, self._gram, l1, l2, self.gamma, self.tiny, self._num["H"]):
+                self._num_h_ready = True
                 return
-            if not (side == "H" and self._num_h_ready):
+            if not self._num_h_ready:
                 self.op.product(side, G, num)
             self._num_h_ready = False
             mu_apply_gram(F, num, self._gram, l1, l2, self.gamma, self.tiny)
