@@ -325,6 +325,25 @@ def test_csr_kernels_do_not_depend_on_where_the_factors_start(dtype, r):
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_prefetch_row_address_is_the_rows_address(dtype):
+    """The CSR kernels hint lines from ``_row_address``; it must be where NumPy has the row
+    (any row, any placement of the array, a row-slice view)."""
+    from fastnmf._kernels._prefetch import _row_address
+
+    @numba.njit
+    def address(B, j):
+        return _row_address(B, j)
+
+    B = np.zeros((40, 20), dtype)
+    for offset in (0, np.dtype(dtype).itemsize, 24):
+        Bp = placed(B, offset)
+        for A in (Bp, Bp[7:]):
+            for j in (0, 1, 5, A.shape[0] - 1):
+                assert address(A, j) == A[j].ctypes.data
+                assert address(A, np.uint64(j)) == A[j].ctypes.data
+
+
 @pytest.mark.parametrize("copy", ["interleaved", "single", "narrow"])
 @pytest.mark.parametrize("r", [1, 3, 4, 5, 8, 12, 17, 20, 33])
 @pytest.mark.parametrize("idx_dtype", IDX_DTYPES, ids=lambda d: np.dtype(d).name)
