@@ -286,6 +286,30 @@ def test_csr_kl_loss_rows_every_position_of_the_four_way_loop(dtype, idx_dtype, 
     assert rows[0] == 0
 
 
+@pytest.mark.parametrize("r", [3, 20])
+@pytest.mark.parametrize("idx_dtype", IDX_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_csr_times_dense_every_row_length(dtype, idx_dtype, r, threads):
+    """Row i holds i nonzeros (0..11): rows shorter than the first group of four (zeroed, not
+    assigned), exactly one group, groups plus every remainder. The output starts as NaN, so
+    a row the kernel forgot to write (or zeroed after adding) shows; and X = 0 with no
+    stored entries at all."""
+    m, n = 12, 14
+    rng = np.random.default_rng(11)
+    X = np.zeros((m, n))
+    for i in range(m):
+        X[i, np.sort(rng.choice(n, size=i, replace=False))] = rng.integers(1, 9, size=i)
+    B = np.ascontiguousarray(rng.uniform(0.2, 1.2, (n, r)), dtype=dtype)
+    for dense in (X, np.zeros((m, n))):
+        A = sp.csr_matrix(dense)
+        A = sp.csr_matrix((A.data.astype(dtype), A.indices.astype(idx_dtype),
+                           A.indptr.astype(idx_dtype)), shape=(m, n))
+        out = np.full((m, r), np.nan, dtype=dtype)
+        ks.csr_times_dense(A.indptr, A.indices, A.data, B, out)
+        assert_close(out, dense @ B.astype(np.float64), RTOL[dtype], "X @ B, all row lengths")
+        assert np.all(out[0] == 0)
+
+
 def placed(F, offset):
     """A C-contiguous copy of F whose first element sits ``offset`` bytes after a cache line."""
     raw = np.empty(F.nbytes + 128, dtype=np.uint8)
