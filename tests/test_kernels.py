@@ -368,6 +368,27 @@ def test_prefetch_row_address_is_the_rows_address(dtype):
                 assert address(A, np.uint64(j)) == A[j].ctypes.data
 
 
+def test_prefetch_last_byte_hint_exactly_when_a_row_can_spill():
+    """``spills`` (whether a row can reach one line past the hints 64 bytes apart from its
+    start) against counting the lines of every row start, for aligned and shifted arrays."""
+    from fastnmf._kernels._prefetch import U, spills
+
+    @numba.njit
+    def can_spill(B):
+        return spills(B, U(B.shape[1]) * U(B.itemsize))
+
+    for dtype in DTYPES:
+        size = np.dtype(dtype).itemsize
+        for r in list(range(1, 41)) + [50, 64, 100]:
+            span = r * size
+            for offset in range(0, 64, size):
+                B = placed(np.zeros((70, r), dtype), offset)
+                starts = [(offset + j * span) % 64 for j in range(70)]
+                lines = -(-span // 64)
+                expected = any((s + span - 1) // 64 >= lines for s in starts)
+                assert can_spill(B) == expected, (np.dtype(dtype).name, r, offset)
+
+
 @pytest.mark.parametrize("copy", ["interleaved", "single", "narrow"])
 @pytest.mark.parametrize("r", [1, 3, 4, 5, 8, 12, 17, 20, 33])
 @pytest.mark.parametrize("idx_dtype", IDX_DTYPES, ids=lambda d: np.dtype(d).name)

@@ -54,11 +54,37 @@ def _prefetch_address(typingctx, address):
     return sig, codegen
 
 
+@intrinsic
+def _data_address(typingctx, arr):
+    """The address of the first element of ``arr`` as an unsigned integer."""
+    sig = types.uintp(arr)
+
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.ptrtoint(ary.data, context.get_value_type(types.uintp))
+
+    return sig, codegen
+
+
+@inline_helper
+def spills(B, span):
+    """Whether some row of B can touch one line more than the ``ceil(span / 64)`` lines that
+    hints 64 bytes apart from its start reach. Row starts lie at multiples of g bytes past a
+    line (g: the lowest set bit of the row length, the array's offset into its line and 64),
+    so the latest start is 64 - g bytes into a line. With the fit's line-aligned factors this
+    is False for most ranks (e.g. float64 r = 10, 20, 32, 50; float32 r = 20, 32) and True
+    for e.g. float32 r = 12 (48-byte rows). Loop invariant: LLVM computes it once per call."""
+    g = span | (_data_address(B) & U(LINE - 1)) | U(LINE)
+    g = g & (~g + U(1))
+    lines = (span + U(LINE - 1)) // U(LINE)
+    return U(LINE) - g + span - U(1) >= lines * U(LINE)
+
+
 @inline_helper
 def prefetch_row(B, j):
     """Hint every cache line of row j of the C-contiguous 2-D array B: one hint per 64 bytes
-    from the row's start, and its last byte (a row that does not start on a line spills into
-    one more). Straight-line hints off one row address, with the row's byte length loop
+    from the row's start, and its last byte where a row can spill into one more line
+    (``spills``). Straight-line hints off one row address, with the row's byte length loop
     invariant: the former loop over element offsets recomputed its trip count per row from
     the array's run-time ``itemsize`` (a division) and cost ~5 instructions per hint."""
     span = U(B.shape[1]) * U(B.itemsize)
@@ -74,7 +100,8 @@ def prefetch_row(B, j):
             while off < span:
                 _prefetch_address(a + off)
                 off += U(LINE)
-    _prefetch_address(a + span - U(1))
+    if spills(B, span):
+        _prefetch_address(a + span - U(1))
 
 
 @inline_helper
