@@ -7,7 +7,9 @@ Three classes, one per kernel module, each parameterized over kernel x dtype x s
 * ``DenseKernels``: ``dense_times`` (X Ht, X^T W on the C-contiguous copy of X^T),
   ``dense_times_gt`` (X Ht with each block as Ht^T X_b^T), ``dense_times_transposed`` (X^T W
   from partials of X), ``dense_mu_frobenius_w`` (the one-pass MU step of W and X^T W; at the
-  small and medium sizes DenseOperator would not pick it, the kernel is timed anyway), the
+  small and medium sizes DenseOperator would not pick it, the kernel is timed anyway),
+  ``dense_mu_kl_w`` (``dense_mu_beta_w`` at beta = 1: the KL step of W and the H step's
+  numerator in one pass; likewise timed at every size), the
   fused ``dense_beta_blocks`` (MU terms for KL, IS and beta = 1.5; the KL loss rows alone) and
   ``dense_cross64``. Until 093d784 ``dense_times`` computed each block as G^T A_b^T (what
   ``dense_times_gt`` does now), so its history changes there;
@@ -57,6 +59,8 @@ WORK = {
                       "m n s + m r s + n r s bytes",
     "dense_mu_frobenius_w": "Frobenius MU step of W + X^T W in one pass over X (W restored "
                             "first): 4 m n r + 2 m r^2 flops; m n s + 4 m r s + n r s bytes",
+    "dense_mu_kl_w": "KL MU step of W + the H step's numerator in one pass over X (W restored "
+                     "first): 8 m n r flops; m n s + 4 m r s + n r s bytes",
     "dense_times_transposed": "out = X^T @ W from X (partials per row block, summed): 2 m n r "
                               "flops; m n s + m r s + n r s",
     "dense_beta_kl": "KL MU numerator, WH per block: 4 m n r flops; m n s + 2 m r s + n r s",
@@ -229,8 +233,8 @@ class DenseKernels(_KernelBench):
     """fastnmf._kernels.dense on image-like matrices (_common.DENSE_SIZES; IS on the strictly
     positive variant), r = KERNEL_RANK, row blocks as DenseOperator picks them."""
     params = [["dense_times", "dense_times_T", "dense_times_gt", "dense_times_transposed",
-               "dense_mu_frobenius_w", "dense_beta_kl", "dense_beta_is", "dense_beta_1.5",
-               "dense_beta_loss", "dense_cross64"],
+               "dense_mu_frobenius_w", "dense_mu_kl_w", "dense_beta_kl", "dense_beta_is",
+               "dense_beta_1.5", "dense_beta_loss", "dense_cross64"],
               list(c.DTYPES), list(c.KERNEL_SIZES)]
 
     def setup_cache(self):
@@ -278,6 +282,20 @@ class DenseKernels(_KernelBench):
                 np.copyto(Wc, W)
                 f(X, Wc, Ht, gram, zero, zero, one, tiny, partial, out, t_block)
             return step, 4 * m * n * R + 2 * m * R * R, base + 3 * m * R * s
+        if kernel == "dense_mu_kl_w":
+            f = _kernel("dense", "dense_mu_beta_w")
+            from fastnmf._data import DenseOperator
+            t_block = int(DenseOperator(X)._transposed_block(R)) or block
+            partial = np.empty((-(-m // t_block), R, n), dtype=dtype)
+            Wc, num_h, den_h = W.copy(), np.empty_like(Ht), np.empty_like(Ht)
+            zero, one, tiny = T(0), T(1), T(np.sqrt(np.finfo(dtype).tiny))
+            eps = _eps(dtype, 1.0)
+
+            def kl_step():
+                np.copyto(Wc, W)
+                f(X, Wc, Ht, one, eps, zero, zero, one, tiny, partial, partial, num_h, den_h,
+                  t_block)
+            return kl_step, 8 * m * n * R, base + 3 * m * R * s
         if kernel == "dense_times_transposed":   # X^T W as DenseOperator computes it
             f = _kernel("dense", "dense_times_transposed")
             try:   # the operator's block (0 where it would not use partials for this shape)

@@ -58,6 +58,11 @@ class _Operator:
         can do that; returns False (nothing done) here: the solver then takes two passes."""
         return False
 
+    def mu_beta_w_step(self, W, Ht, beta, l1, l2, gamma, tiny, num_h, den_h):
+        """The MU step of W for a beta != 2 and the H step's terms (num_h, den_h) in one pass
+        over X, where an operator can do that; returns False (nothing done) here."""
+        return False
+
 
 class CsrOperator(_Operator):
     """X in CSR (sorted, duplicate-free indices) plus one CSR copy of X.T for W.T @ X."""
@@ -119,6 +124,11 @@ class CsrOperator(_Operator):
         return max(float(rows.sum()), 0.0)
 
 
+# rows of WH per block of the one-pass dense beta step: it holds two such buffers per
+# thread (WH and WH^(beta-1)); the two-pass kernels keep theirs within 4 MiB
+BETA_ONE_PASS_BYTES = 8 << 20
+
+
 class DenseOperator(_Operator):
     """A dense X kept C-contiguous. Products with X run on row blocks of X; X^T W too where X
     is tall enough (summed per-block partials, ``_transposed_block``). Otherwise, and for the
@@ -137,6 +147,7 @@ class DenseOperator(_Operator):
         self.total = float(X64.sum())
         self._loss_rows = np.empty(max(self.shape), dtype=np.float64)
         self._partial = None   # (blocks, r, n) partial products of X^T W, made at first use
+        self._partial_den = None
         # Rows per parallel task, fixed by the shape (never by the thread count, so results
         # do not depend on it): products take ~1/16 of the rows (large GEMMs, 16 tasks to
         # balance); the beta kernels keep a block's WH (block x n) within ~4 MiB: at 1 MiB the
@@ -208,6 +219,31 @@ class DenseOperator(_Operator):
         kd.dense_mu_frobenius_w(self.X, W, Ht, gram, l1, l2, gamma, tiny,
                                 self._partials(block, W), out, block)
         return True
+
+    def mu_beta_w_step(self, W, Ht, beta, l1, l2, gamma, tiny, num_h, den_h):
+        """The MU step of W for a beta != 2 and the H step's terms in one pass over X
+        (kd.dense_mu_beta_w), on X tall enough for summed partials (``_transposed_block``)
+        whose blocks' rows of WH stay within ``BETA_ONE_PASS_BYTES``; False elsewhere. The H
+        side then needs no copy of X^T."""
+        r = W.shape[1]
+        block = self._transposed_block(r)
+        n = self.shape[1]
+        if not block or block * n * self.dtype.itemsize > BETA_ONE_PASS_BYTES:
+            return False
+        T = self.dtype.type
+        partial = self._partials(block, W)
+        kd.dense_mu_beta_w(self.X, W, Ht, T(beta), wh_guard(self.dtype, beta), l1, l2, gamma,
+                           tiny, partial, self._partials_den(partial), num_h, den_h, block)
+        if beta == 1:
+            den_h[...] = W.sum(axis=0)
+        return True
+
+    def _partials_den(self, partial):
+        """A second buffer like ``partial`` (the den partials of the one-pass beta step)."""
+        if self._partial_den is None or self._partial_den.shape != partial.shape \
+                or self._partial_den.dtype != partial.dtype:
+            self._partial_den = np.empty_like(partial)
+        return self._partial_den
 
     def cross64(self, W64, H64):
         """<W, X Ht> in float64, X converted block by block (no float64 copy of X)."""

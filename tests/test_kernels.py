@@ -518,6 +518,39 @@ def test_dense_mu_frobenius_w(dtype, block, threads):
     assert_close(out, X64.T @ Wk.astype(np.float64), RTOL[dtype], f"X^T W block={block}")
 
 
+@pytest.mark.parametrize("beta", [1.0, 1.5, 0.5])
+@pytest.mark.parametrize("block", [1, 7, 64])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_dense_mu_beta_w(dtype, block, beta, threads):
+    """The one-pass beta step against NumPy: W <- W * (num / max(den + l1 + l2 W, tiny))^gamma
+    with the W-side terms, then the H-side terms with the new W (num_h always, den_h except
+    for beta = 1, which the caller fills); partials and outputs start as NaN."""
+    X = make_X(dtype)
+    W = make_factor(M, dtype, 12)
+    Ht = make_factor(N, dtype, 13)
+    T = np.dtype(dtype).type
+    eps = kernel_eps(dtype)
+    l1, l2, tiny = T(0.5), T(0.25), T(np.sqrt(np.finfo(dtype).tiny))
+    gamma = T(ref.mu_exponent(beta))
+    num, den = ref.mu_side_terms(X, W, Ht, beta, float(eps))
+    if beta == 1:
+        den = np.broadcast_to(Ht.astype(np.float64).sum(axis=0), num.shape)
+    W_ref = ref.mu_factor_step(W, num, den, 0.5, 0.25, float(gamma), float(tiny))
+    nb = -(-M // block)
+    pn, pd = (np.full((nb, R, N), np.nan, dtype=dtype) for _ in range(2))
+    num_h, den_h = (np.full((N, R), np.nan, dtype=dtype) for _ in range(2))
+    Wk = W.copy()
+    kd.dense_mu_beta_w(X, Wk, Ht, T(beta), eps, l1, l2, gamma, tiny, pn, pd, num_h, den_h,
+                       block)
+    assert Wk.dtype == dtype and num_h.dtype == dtype
+    assert_close(Wk, W_ref, RTOL_STEP[dtype], f"W block={block} beta={beta}")
+    assert_close(num_h, ref.beta_numerator(X.T, Ht, Wk, beta, float(eps)), RTOL_STEP[dtype],
+                 f"num_h block={block} beta={beta}")
+    if beta != 1:
+        assert_close(den_h, ref.beta_denominator(Ht, Wk, beta, float(eps)), RTOL_STEP[dtype],
+                     f"den_h block={block} beta={beta}")
+
+
 def test_sum_partials_adds_in_block_order():
     """out = sum of the partials, with the sum of the first nb only, and transposed."""
     rng = np.random.default_rng(5)
@@ -971,12 +1004,46 @@ def test_mu_step_on_tall_dense_x_reads_x_once(dtype, pen, m, threads, monkeypatc
     assert_scalar_close(obj, expected_obj, RTOL_LOSS[dtype], "objective")
 
 
-def test_mu_fused_w_step_only_with_both_sides():
+@pytest.mark.parametrize("beta", [1.0, 1.5])
+@pytest.mark.parametrize("pen", ["none", "l1l2"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_mu_beta_step_on_tall_dense_x_needs_no_transposed_copy(dtype, pen, beta, threads,
+                                                               monkeypatch):
+    """On a tall dense X an MU iteration for beta != 2 takes the one-pass W step (the W step
+    and the H step's terms in one pass over X): the iteration is still the reference one, its
+    H step computes no terms of its own, and no copy of X^T is ever made (m = 4100: a short
+    last block)."""
+    m, n = 4100, 512
+    X = make_X(dtype, positive=True, m=m, n=n)
+    W = make_factor(m, dtype, 22)
+    Ht = make_factor(n, dtype, 23)
+    kw = PENALTIES[pen]
+    op = make_operator(np.ascontiguousarray(X))
+    calls = []
+    fused = op.mu_beta_w_step
+    monkeypatch.setattr(op, "mu_beta_w_step", lambda *a: calls.append(fused(*a)) or calls[-1])
+    monkeypatch.setattr(op, "beta_terms", lambda *a: calls.append("beta_terms"))
+    solver = MU(op, W.copy(), Ht.copy(), beta, Penalty(**kw))
+    obj = solver.step(True)
+    assert calls == [True]
+    assert op._XT is None
+    W_ref, Ht_ref = ref.mu_iteration(X, W, Ht, beta, eps=ref.wh_guard(dtype, beta),
+                                     tiny=np.sqrt(np.finfo(dtype).tiny), **kw)
+    assert_close(solver.W, W_ref, RTOL_STEP[dtype], "W")
+    assert_close(solver.Ht, Ht_ref, RTOL_STEP[dtype], "Ht")
+    expected_obj = (ref.model_loss(X, solver.W, solver.Ht, beta)
+                    + ref.penalty(solver.W, kw.get("l1_W", 0), kw.get("l2_W", 0))
+                    + ref.penalty(solver.Ht, kw.get("l1_H", 0), kw.get("l2_H", 0)))
+    assert_scalar_close(obj, expected_obj, RTOL_LOSS[dtype], "objective")
+
+
+@pytest.mark.parametrize("beta", [2.0, 1.0])
+def test_mu_fused_w_step_only_with_both_sides(beta):
     """With H fixed (update_H=False, as in transform) the W step takes the plain path: the
-    fused one would make X^T W for nothing."""
+    fused one would make the H step's terms for nothing."""
     X = make_X(np.float64, m=4096, n=512)
     op = make_operator(np.ascontiguousarray(X))
-    solver = MU(op, make_factor(4096, np.float64, 1), make_factor(512, np.float64, 2), 2.0,
+    solver = MU(op, make_factor(4096, np.float64, 1), make_factor(512, np.float64, 2), beta,
                 Penalty(), update_H=False)
     solver.step(False)
     assert op._partial is None
@@ -1165,6 +1232,7 @@ KERNELS = {
     "dense_times_gt": kd.dense_times_gt,
     "dense_times_transposed": kd.dense_times_transposed,
     "dense_mu_frobenius_w": kd.dense_mu_frobenius_w,
+    "dense_mu_beta_w": kd.dense_mu_beta_w,
     "sum_partials": kd.sum_partials,
     "dense_beta_blocks": kd.dense_beta_blocks,
     "mu_apply": kf.mu_apply,

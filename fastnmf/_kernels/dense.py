@@ -15,7 +15,7 @@ block is in cache.
 import numpy as np
 from numba import prange
 
-from .._jit import parallel_kernel
+from .._jit import inline_helper, parallel_kernel
 from ._scalar import beta_divergence_entry
 from .factor import mu_entry   # Numba's cache watches this file only: after a change to
                                # mu_entry, clear __pycache__/*.nb* (as for _scalar)
@@ -140,6 +140,32 @@ def dense_cross64(A, F, G, partial, block):
         partial[b] = acc
 
 
+@inline_helper
+def block_terms(A, s, WH, S, eps, bm1, kl, bf, want_terms, want_loss, loss_rows):
+    """For the rows s .. s + len(WH) of A with their model rows WH (guarded below by eps):
+    with ``want_terms`` WH <- A o WH^(beta-2) and, unless kl, S <- WH^(beta-1) (bm1 = beta-1);
+    with ``want_loss`` loss_rows[s + ii] = sum_j d_beta(A_ij | WH_ij) in float64."""
+    n = WH.shape[1]
+    for ii in range(WH.shape[0]):
+        acc = 0.0
+        for j in range(n):
+            wh = WH[ii, j]
+            if wh < eps:
+                wh = eps
+            x = A[s + ii, j]
+            if want_loss:
+                acc += beta_divergence_entry(x, wh, bf)
+            if want_terms:
+                if kl:
+                    WH[ii, j] = x / wh
+                else:
+                    d = wh**bm1
+                    S[ii, j] = d
+                    WH[ii, j] = x * d / wh
+        if want_loss:
+            loss_rows[s + ii] = acc
+
+
 @parallel_kernel
 def dense_beta_blocks(A, F, G, beta, eps, num, den, loss_rows, want_terms, want_loss, block):
     """MU terms and/or per-row loss for any beta on a dense A ~ F G^T (A m x n, F m x r,
@@ -159,25 +185,63 @@ def dense_beta_blocks(A, F, G, beta, eps, num, den, loss_rows, want_terms, want_
         e = min(m, s + block)
         WH = np.dot(F[s:e], G.T)
         S = np.empty_like(WH) if (want_terms and not kl) else WH[:0]
-        for ii in range(e - s):
-            acc = 0.0
-            for j in range(n):
-                wh = WH[ii, j]
-                if wh < eps:
-                    wh = eps
-                x = A[s + ii, j]
-                if want_loss:
-                    acc += beta_divergence_entry(x, wh, bf)
-                if want_terms:
-                    if kl:
-                        WH[ii, j] = x / wh
-                    else:
-                        d = wh**bm1
-                        S[ii, j] = d
-                        WH[ii, j] = x * d / wh
-            if want_loss:
-                loss_rows[s + ii] = acc
+        block_terms(A, s, WH, S, eps, bm1, kl, bf, want_terms, want_loss, loss_rows)
         if want_terms:
             np.dot(WH, G, num[s:e])
             if not kl:
                 np.dot(S, G, den[s:e])
+
+
+@parallel_kernel
+def dense_mu_beta_w(A, W, Ht, beta, eps, l1, l2, gamma, tiny, partial_num, partial_den,
+                    num_h, den_h, block):
+    """The MU step of W for a beta != 2 and the next side's terms in one pass over A: per
+    block of ``block`` rows, WH_b = W_b Ht^T, the W-side terms (as ``dense_beta_blocks``)
+    and the step of W_b (as ``mu_apply``; for beta = 1 its den is the column sums of Ht);
+    then, while A_b is in cache, WH_b again with the updated W_b and its H-side terms as
+    partials: partial_num[b] = W_b^T (A_b o WH_b^(beta-2)) and, unless beta = 1,
+    partial_den[b] = W_b^T WH_b^(beta-1). ``num_h`` / ``den_h`` (n x r) are their sums in
+    block order (``sum_partials``); for beta = 1 ``den_h`` is left to the caller (the column
+    sums of the updated W). The rows of X^T (a copy of X) are then never needed.
+    Block b writes only its rows of W and partial_*[b]; the sums run over column tiles.
+    """
+    m = A.shape[0]
+    r = W.shape[1]
+    zero = eps - eps
+    one = zero + 1
+    bm1 = beta - one
+    kl = beta == one
+    bf = float(beta)
+    normal = np.finfo(W.dtype).tiny
+    nb = (m + block - 1) // block
+    if nb == 0:
+        num_h[:] = zero
+        den_h[:] = zero
+        return
+    HT = np.ascontiguousarray(Ht.T)
+    col = np.zeros(r, dtype=W.dtype)   # the W-side den of beta = 1: the column sums of Ht
+    if kl:
+        for j in range(Ht.shape[0]):
+            for k in range(r):
+                col[k] += Ht[j, k]
+    for b in prange(nb):
+        s = b * block
+        e = min(m, s + block)
+        WH = np.dot(W[s:e], HT)
+        S = WH[:0] if kl else np.empty_like(WH)
+        block_terms(A, s, WH, S, eps, bm1, kl, bf, True, False, WH[0, :0])
+        num = np.dot(WH, Ht)
+        den = num[:0] if kl else np.dot(S, Ht)
+        for i in range(s, e):
+            for k in range(r):
+                d = col[k] if kl else den[i - s, k]
+                W[i, k] = mu_entry(W[i, k], num[i - s, k], d, l1, l2, gamma, tiny, normal)
+        np.dot(W[s:e], HT, WH)
+        block_terms(A, s, WH, S, eps, bm1, kl, bf, True, False, WH[0, :0])
+        Wb = W[s:e].T
+        np.dot(Wb, WH, partial_num[b])
+        if not kl:
+            np.dot(Wb, S, partial_den[b])
+    sum_partials(partial_num, nb, num_h)
+    if not kl:
+        sum_partials(partial_den, nb, den_h)

@@ -27,7 +27,7 @@ class MU(Solver):
         self._num = {"W": aligned_like(W), "H": aligned_like(Ht)}
         self._den = {} if beta == 2 else {"W": aligned_like(W), "H": aligned_like(Ht)}
         self._gram = np.empty((r, r), dtype=self.dtype)
-        self._num_h_ready = False
+        self._h_terms_ready = False
 
     def _update(self, side):
         F, G = self.factors(side)
@@ -40,14 +40,22 @@ class MU(Solver):
             # step's numerator) in one pass over X (tall dense X; False elsewhere).
             if side == "W" and "H" in self.sides and self.op.mu_frobenius_w_step(
                     F, G, self._gram, l1, l2, self.gamma, self.tiny, self._num["H"]):
-                self._num_h_ready = True
+                self._h_terms_ready = True
                 return
-            if not self._num_h_ready:
+            if not self._h_terms_ready:
                 self.op.product(side, G, num)
-            self._num_h_ready = False
+            self._h_terms_ready = False
             mu_apply_gram(F, num, self._gram, l1, l2, self.gamma, self.tiny)
             self._remember_cross(F, num)
         else:
             den = self._den[side]
-            self.op.beta_terms(side, F, G, self.beta, num, den)
+            # likewise the W step of any other beta with the H step's num and den (tall dense X)
+            if side == "W" and "H" in self.sides and self.op.mu_beta_w_step(
+                    F, G, self.beta, l1, l2, self.gamma, self.tiny, self._num["H"],
+                    self._den["H"]):
+                self._h_terms_ready = True
+                return
+            if not self._h_terms_ready:
+                self.op.beta_terms(side, F, G, self.beta, num, den)
+            self._h_terms_ready = False
             mu_apply(F, num, den, l1, l2, self.gamma, self.tiny)
