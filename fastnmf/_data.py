@@ -131,10 +131,12 @@ BETA_ONE_PASS_BYTES = 8 << 20
 
 class DenseOperator(_Operator):
     """A dense X kept C-contiguous. Products with X run on row blocks of X; X^T W too where X
-    is tall enough (summed per-block partials, ``_transposed_block``). Otherwise, and for the
-    beta kernels of side H, which need rows of X^T, a C-contiguous copy of X.T is made at
-    first use (``XT``): a Frobenius fit on a tall X never holds one. No m x n model buffer:
-    WH is made and consumed block by block."""
+    is tall enough (summed per-block partials, ``_transposed_block``), and there an MU step
+    of W may also make the H step's beta terms from partials (``mu_beta_w_step``).
+    Otherwise, and for the beta kernels of side H, which need rows of X^T, a C-contiguous
+    copy of X.T is made at first use (``XT``): an MU or HALS fit on a tall X never holds one
+    (for beta != 2: while a block's rows of WH fit in ``BETA_ONE_PASS_BYTES``).
+    No m x n model buffer: WH is made and consumed block by block."""
 
     def __init__(self, X):
         self.X = X

@@ -756,8 +756,9 @@ def test_gram(dtype, m, threads):
 def test_dense_operator_transposed_product(m, n, partials):
     """X^T W on dense X: from per-block partials of a tall X (no transposed copy made, also
     not by a whole Frobenius MU or HALS step with its loss), from row blocks of the copy
-    X^T otherwise; both against NumPy. The beta kernels of side H make the copy at first use
-    and keep it."""
+    X^T otherwise; both against NumPy. A KL MU step on the tall X takes the one-pass step
+    and makes no copy either; the beta kernels of side H make the copy at first use and keep
+    it."""
     X = make_X(np.float64, m=m, n=n)
     op = make_operator(np.ascontiguousarray(X))
     W = make_factor(m, np.float64, 10)
@@ -772,6 +773,8 @@ def test_dense_operator_transposed_product(m, n, partials):
         solver.step(want_loss=True)
         assert (op._XT is None) == partials
     MU(op, W.copy(), Ht.copy(), 1.0, Penalty()).step(want_loss=True)
+    assert (op._XT is None) == partials
+    op.beta_terms("H", Ht, W, 1.0, np.empty_like(Ht), np.empty_like(Ht))
     assert op._XT is not None and op.XT is op._XT
     assert np.array_equal(op.XT, X.T) and op.XT.flags.c_contiguous
 
