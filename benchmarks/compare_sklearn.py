@@ -187,13 +187,17 @@ def fit_sklearn(X, W0, H0, r, n_iter, kw):
 
 def warm_up(dtype="float64"):
     """Compile (or load from cache) every kernel the timed fits use, dense and CSR, in the
-    run's dtype. Ranks 3, 4 and 8 reach all three compiled copies of the row kernels in
-    either dtype (fastnmf picks one by the rank: ``fastnmf._jit.copy_for``)."""
+    run's dtype, at the smallest rank that reaches each of the three compiled copies of the
+    row kernels (fastnmf picks one by the rank: ``fastnmf._jit.copy_for``)."""
+    from fastnmf._jit import copy_for
     t = time.perf_counter()
     Xs = make_sparse_counts(300, 200, 3_000, 5, random_state=1).astype(dtype)
     Xd = make_dense_images(100, 64, 5, random_state=1).astype(dtype)
+    itemsize = np.dtype(dtype).itemsize
+    ranks = sorted({min(r for r in range(1, 65) if copy_for(r, itemsize) == c)
+                    for c in ("interleaved", "single", "narrow")})
     for X in (Xs, Xd):
-        for r in (3, 4, 8):
+        for r in ranks:
             W0, H0 = make_start(X, r, "random")
             for _, fkw, skw, _ in PAIRS:
                 fit_fastnmf(X, W0, H0, r, 3, fkw)

@@ -37,9 +37,10 @@ So a row kernel has three compiled copies, each compiled lazily on first use: ``
 (32-byte vectors, two per iteration), ``single`` (32-byte, one per iteration) and ``narrow``
 (16-byte, one per iteration). A call takes the copy with the fewest vector operations per
 row of r elements, a scalar remainder element counting as two (``copy_for``; ties go to
-the wider, more interleaved copy): float64 r = 20 is five 32-byte vectors (single), float32
-r = 20 five 16-byte ones (narrow; 32-byte vectors leave four scalars), r = 32 goes to the
-default. Measured on the Zen 4 host, same process, alternating order: the narrow copy
+the wider copy, and to the interleaved one only for rows of at least four of its
+iterations): float64 r = 20 is five 32-byte vectors (single), float32 r = 20 five 16-byte
+ones (narrow; 32-byte vectors leave four scalars), float64 r = 32 goes to the default
+(interleaved), float32 r = 32 to the single copy. Measured on the Zen 4 host, same process, alternating order: the narrow copy
 against the copy a two-copy rule took (single at float32 r = 12: products 1.21-1.22x, KL
 numerators 1.32x, sweeps 1.32x; interleaved at float32 r = 20: 1.02-1.03x / 1.08-1.09x /
 1.15x). Where the rule keeps the default, forcing interleave 1 was no better on the AVX2
@@ -157,6 +158,7 @@ class _NarrowDispatcher(_RowDispatcher):
 
 
 SCALAR_COST = 2   # a scalar remainder iteration, in vector operations (see copy_for)
+INTERLEAVED_MIN_TRIPS = 4   # on a tie, fewer interleaved iterations go to the single copy
 
 
 def _row_operations(r, lanes, step):
@@ -177,11 +179,21 @@ def copy_for(r, itemsize):
     chosen copy was within 3% of the fastest at 23 of 30 ranks, with 2 at 26 (float64 r = 10
     narrow 1.15x, float32 r = 28 and 30 narrow 1.11x and 1.08x). The misses left are ties
     that the single copy won by 1.04-1.09x (float64 r = 24, 26; float32 r = 16, 18) while
-    the interleaved one won the ties at float64 r = 32 and 40 (1.02-1.03x)."""
+    the interleaved one won the ties at float64 r = 32 and 40 (1.02-1.03x).
+
+    Ties between the interleaved and the single copy therefore go to the single copy while
+    the interleaved loop would make fewer than ``INTERLEAVED_MIN_TRIPS`` iterations. A later
+    check of the ties (X^T W, KL numerator, 2 sweeps, interleaved / single time): single won
+    at float32 r = 32 (1.04-1.10x on every kernel), 34 (1.06-1.12x), 48 (1.02-1.35x) and
+    float64 r = 8, 16, 18 (KL numerator 1.10-1.14x; products and sweeps 0.95-1.05x);
+    interleaved at float64 r = 40 (1.04x, 1.08x; KL 0.93x) and 48 (1.02x, 1.37x)."""
     lanes = max(1, VECTOR_BYTES // itemsize)
     narrow = max(1, NARROW_BYTES // itemsize)
-    costs = (("interleaved", _row_operations(r, lanes, 2 * lanes)),
-             ("single", _row_operations(r, lanes, lanes)),
+    interleaved = _row_operations(r, lanes, 2 * lanes)
+    single = _row_operations(r, lanes, lanes)
+    if interleaved == single and r // (2 * lanes) < INTERLEAVED_MIN_TRIPS:
+        interleaved += 1
+    costs = (("interleaved", interleaved), ("single", single),
              ("narrow", _row_operations(r, narrow, narrow)))
     return min(costs, key=lambda c: c[1])[0]
 
