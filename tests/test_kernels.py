@@ -1424,17 +1424,21 @@ def test_row_kernel_calls_the_copy_its_rows_select(monkeypatch):
 
 @pytest.mark.parametrize("dtype,r,copy", [
     (np.float64, 20, "single"), (np.float64, 30, "single"), (np.float64, 12, "single"),
-    (np.float64, 32, "interleaved"), (np.float64, 16, "interleaved"),
-    (np.float64, 10, "narrow"), (np.float64, 1, "interleaved"), (np.float64, 3, "narrow"),
+    (np.float64, 32, "interleaved"), (np.float64, 40, "interleaved"),
+    (np.float64, 16, "single"), (np.float64, 24, "single"),
+    (np.float64, 10, "narrow"), (np.float64, 1, "single"), (np.float64, 3, "narrow"),
     (np.float32, 24, "single"), (np.float32, 8, "single"), (np.float32, 26, "single"),
     (np.float32, 28, "narrow"), (np.float32, 20, "narrow"), (np.float32, 12, "narrow"),
-    (np.float32, 32, "interleaved"), (np.float32, 16, "interleaved"),
+    (np.float32, 32, "single"), (np.float32, 16, "single"), (np.float32, 64, "interleaved"),
     (np.float32, 36, "narrow"), (np.float32, 40, "single")])
 def test_row_kernel_takes_the_copy_with_the_fewest_operations(dtype, r, copy):
     """Vector operations + 2 per scalar remainder element (32-byte vectors 4 float64 / 8
     float32 lanes, two or one per iteration; 16-byte vectors one per iteration), ties to the
-    wider, more interleaved copy. E.g. float64 r = 20: 2 x 2 + 2 x 4 = 12, 5, 10 -> single;
-    float64 r = 10: 2 + 4, 2 + 4, 5 -> narrow; float32 r = 28: 2 + 24, 3 + 8, 7 -> narrow."""
+    wider copy, and between the two 32-byte copies to the interleaved one only from four of
+    its iterations up. E.g. float64 r = 20: 2 x 2 + 2 x 4 = 12, 5, 10 -> single; float64
+    r = 10: 2 + 4, 2 + 4, 5 -> narrow; float32 r = 28: 2 + 24, 3 + 8, 7 -> narrow; float32
+    r = 32: 4, 4 (two interleaved iterations), 8 -> single; float64 r = 32: 8, 8 (four), 16
+    -> interleaved."""
     from fastnmf import _jit
     if not _jit.CAN_SCOPE_INTERLEAVE:
         pytest.skip("LLVM < 15: the row kernels are compiled once")
