@@ -102,6 +102,19 @@ def mu_apply_gram(F, num, gram, l1, l2, gamma, tiny):
 ROW_GROUP = 8  # rows swept together: their dependency chains overlap in the CPU
 
 
+@inline_helper
+def coordinate_step(F, P, i, k, l1, qkk, dot, normal, zero):
+    """F_ik <- max(F_ik + (P_ik - l1 - dot) / Q_kk, 0) (0 below ``normal``), with dot =
+    F_i . Q_k made before the update; returns the squared change."""
+    s = (P[i, k] - l1) - dot
+    old = F[i, k]
+    new = old + s / qkk
+    if new < normal:
+        new = zero
+    F[i, k] = new
+    return (new - old) * (new - old)
+
+
 @row_kernel
 def hals_sweeps(F, P, Q, l1, max_sweeps, delta_sq):
     """Coordinate descent on the rows of F for  min 0.5 f Q f^T - (P_i - l1) . f,  f >= 0.
@@ -114,9 +127,14 @@ def hals_sweeps(F, P, Q, l1, max_sweeps, delta_sq):
     A coordinate update is a short dot product followed by a division, and the next
     coordinate of the same row waits for it: a latency chain. Sweeping ROW_GROUP rows
     coordinate by coordinate interleaves independent chains (1.5-2x faster at r = 20-30).
-    Each row still sees exactly its own sequence of updates and its own stopping rule, so the
-    result of a row does not depend on the grouping or on the thread count. ``prange`` runs
-    over the fixed groups; a group writes only its own rows of F.
+    Within a group, four consecutive rows that are all still active take their dot products
+    with Q's row k in one loop, each Q_kq loaded once, four independent sums (1.14-1.44x on
+    the sweeps, r = 10-32, both dtypes); otherwise a row takes its own loop. Each row still
+    sees exactly its own sequence of updates and its own stopping rule; the two loops can
+    round a dot product differently, so a row's last bits depend on whether its quad's rows
+    are all active, which the data and the fixed groups decide: the result does not depend
+    on the thread count. ``prange`` runs over the fixed groups; a group writes only its own
+    rows of F.
     """
     m, r = F.shape
     zero = l1 - l1
@@ -134,19 +152,39 @@ def hals_sweeps(F, P, Q, l1, max_sweeps, delta_sq):
                 qkk = Q[k, k]
                 if qkk <= zero:
                     continue
-                for ii in range(size):
-                    if not active[ii]:
-                        continue
-                    i = s0 + ii
-                    s = P[i, k] - l1
-                    for q in range(r):          # Q is symmetric: read row k, contiguous
-                        s -= F[i, q] * Q[k, q]
-                    old = F[i, k]
-                    new = old + s / qkk
-                    if new < normal:
-                        new = zero
-                    F[i, k] = new
-                    change[ii] += (new - old) * (new - old)
+                ii = 0
+                while ii < size:
+                    if (ii + 3 < size and active[ii] and active[ii + 1] and active[ii + 2]
+                            and active[ii + 3]):
+                        # four rows' dot products in one pass over Q's row k (Q is
+                        # symmetric: row k is column k, contiguous), each Q_kq loaded once
+                        i = s0 + ii
+                        d0 = zero
+                        d1 = zero
+                        d2 = zero
+                        d3 = zero
+                        for q in range(r):
+                            qkq = Q[k, q]
+                            d0 += F[i, q] * qkq
+                            d1 += F[i + 1, q] * qkq
+                            d2 += F[i + 2, q] * qkq
+                            d3 += F[i + 3, q] * qkq
+                        change[ii] += coordinate_step(F, P, i, k, l1, qkk, d0, normal, zero)
+                        change[ii + 1] += coordinate_step(F, P, i + 1, k, l1, qkk, d1, normal,
+                                                          zero)
+                        change[ii + 2] += coordinate_step(F, P, i + 2, k, l1, qkk, d2, normal,
+                                                          zero)
+                        change[ii + 3] += coordinate_step(F, P, i + 3, k, l1, qkk, d3, normal,
+                                                          zero)
+                        ii += 4
+                    else:
+                        if active[ii]:
+                            i = s0 + ii
+                            d = zero
+                            for q in range(r):
+                                d += F[i, q] * Q[k, q]
+                            change[ii] += coordinate_step(F, P, i, k, l1, qkk, d, normal, zero)
+                        ii += 1
             still = False
             for ii in range(size):
                 if active[ii]:
