@@ -40,8 +40,8 @@ row of r elements, a scalar remainder element counting as two (``copy_for``; tie
 the wider copy, and to the interleaved one only for rows of at least four of its
 iterations): float64 r = 20 is five 32-byte vectors (single), float32 r = 20 five 16-byte
 ones (narrow; 32-byte vectors leave four scalars), float64 r = 32 goes to the default
-(interleaved), float32 r = 32 to the single copy. Measured on the Zen 4 host, same process, alternating order: the narrow copy
-against the copy a two-copy rule took (single at float32 r = 12: products 1.21-1.22x, KL
+(interleaved), float32 r = 32 to the single copy. Measured on the Zen 4 host, same
+process, alternating order: the narrow copy against the copy a two-copy rule took (single at float32 r = 12: products 1.21-1.22x, KL
 numerators 1.32x, sweeps 1.32x; interleaved at float32 r = 20: 1.02-1.03x / 1.08-1.09x /
 1.15x). Where the rule keeps the default, forcing interleave 1 was no better on the AVX2
 host (float64 r = 32 sweeps 0.86x; float32 r = 20, which now takes the narrow copy,

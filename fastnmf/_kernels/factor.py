@@ -127,14 +127,15 @@ def hals_sweeps(F, P, Q, l1, max_sweeps, delta_sq):
     A coordinate update is a short dot product followed by a division, and the next
     coordinate of the same row waits for it: a latency chain. Sweeping ROW_GROUP rows
     coordinate by coordinate interleaves independent chains (1.5-2x faster at r = 20-30).
-    Within a group, four consecutive rows that are all still active take their dot products
-    with Q's row k in one loop, each Q_kq loaded once, four independent sums (1.14-1.44x on
-    the sweeps, r = 10-32, both dtypes); otherwise a row takes its own loop. Each row still
-    sees exactly its own sequence of updates and its own stopping rule; the two loops can
-    round a dot product differently, so a row's last bits depend on whether its quad's rows
-    are all active, which the data and the fixed groups decide: the result does not depend
-    on the thread count. ``prange`` runs over the fixed groups; a group writes only its own
-    rows of F.
+    Rows that are still active take their dot products with Q's row k in one shared loop,
+    each Q_kq loaded once, with independent sums: all eight rows of a full group while all
+    are active, else four consecutive active rows, else a row on its own (quads 1.14-1.44x
+    on the sweeps against one row at a time, r = 10-32, both dtypes; the whole group another
+    1.0-1.33x). Each row still sees exactly its own sequence of updates and its own stopping
+    rule; the loops can round a dot product differently, so a row's last bits depend on
+    which of its group's rows are still active, which the data and the fixed groups decide:
+    the result does not depend on the thread count. ``prange`` runs over the fixed groups; a
+    group writes only its own rows of F.
     """
     m, r = F.shape
     zero = l1 - l1
@@ -148,9 +149,35 @@ def hals_sweeps(F, P, Q, l1, max_sweeps, delta_sq):
         active[:size] = True
         for t in range(max_sweeps):
             change[:] = zero
+            whole = size == ROW_GROUP   # every row of a full group still active?
+            for ii in range(size):
+                whole = whole and active[ii]
             for k in range(r):
                 qkk = Q[k, k]
                 if qkk <= zero:
+                    continue
+                if whole:
+                    # all eight rows' dot products in one pass over Q's row k
+                    i = s0
+                    d0, d1, d2, d3, d4, d5, d6, d7 = zero, zero, zero, zero, zero, zero, zero, zero
+                    for q in range(r):
+                        qkq = Q[k, q]
+                        d0 += F[i, q] * qkq
+                        d1 += F[i + 1, q] * qkq
+                        d2 += F[i + 2, q] * qkq
+                        d3 += F[i + 3, q] * qkq
+                        d4 += F[i + 4, q] * qkq
+                        d5 += F[i + 5, q] * qkq
+                        d6 += F[i + 6, q] * qkq
+                        d7 += F[i + 7, q] * qkq
+                    change[0] += coordinate_step(F, P, i, k, l1, qkk, d0, normal, zero)
+                    change[1] += coordinate_step(F, P, i + 1, k, l1, qkk, d1, normal, zero)
+                    change[2] += coordinate_step(F, P, i + 2, k, l1, qkk, d2, normal, zero)
+                    change[3] += coordinate_step(F, P, i + 3, k, l1, qkk, d3, normal, zero)
+                    change[4] += coordinate_step(F, P, i + 4, k, l1, qkk, d4, normal, zero)
+                    change[5] += coordinate_step(F, P, i + 5, k, l1, qkk, d5, normal, zero)
+                    change[6] += coordinate_step(F, P, i + 6, k, l1, qkk, d6, normal, zero)
+                    change[7] += coordinate_step(F, P, i + 7, k, l1, qkk, d7, normal, zero)
                     continue
                 ii = 0
                 while ii < size:
