@@ -53,14 +53,10 @@ class _Operator:
         return max(0.5 * (self.sq_norm - 2.0 * cross + quad), 0.0)
 
 
-    def mu_frobenius_w_step(self, W, Ht, gram, l1, l2, gamma, tiny, out):
-        """The Frobenius MU step of W and out = X^T W in one pass over X, where an operator
-        can do that; returns False (nothing done) here: the solver then takes two passes."""
-        return False
-
-    def mu_beta_w_step(self, W, Ht, beta, l1, l2, gamma, tiny, num_h, den_h):
-        """The MU step of W for a beta != 2 and the H step's terms (num_h, den_h) in one pass
-        over X, where an operator can do that; returns False (nothing done) here."""
+    def mu_w_step_one_pass(self, W, Ht, beta, gram, l1, l2, gamma, tiny, num_h, den_h):
+        """The MU step of W and the H step's terms (num_h; den_h for beta != 2, None for
+        beta = 2) in one pass over X, where an operator can do that; returns False (nothing
+        done) here: the solver then takes two passes. ``gram`` = Ht^T Ht for beta = 2."""
         return False
 
 
@@ -132,7 +128,7 @@ BETA_ONE_PASS_BYTES = 8 << 20
 class DenseOperator(_Operator):
     """A dense X kept C-contiguous. Products with X run on row blocks of X; X^T W too where X
     is tall enough (summed per-block partials, ``_transposed_block``), and there an MU step
-    of W may also make the H step's beta terms from partials (``mu_beta_w_step``).
+    of W may also make the H step's terms from partials (``mu_w_step_one_pass``).
     Otherwise, and for the beta kernels of side H, which need rows of X^T, a C-contiguous
     copy of X.T is made at first use (``XT``): an MU or HALS fit on a tall X never holds one
     (for beta != 2: while a block's rows of WH fit in ``BETA_ONE_PASS_BYTES``).
@@ -148,8 +144,7 @@ class DenseOperator(_Operator):
         self.sq_norm = float(X64 @ X64)
         self.total = float(X64.sum())
         self._loss_rows = np.empty(max(self.shape), dtype=np.float64)
-        self._partial = None   # (blocks, r, n) partial products of X^T W, made at first use
-        self._partial_den = None
+        self._buffers = {}     # (blocks, r, n) partial products, made at first use
         # Rows per parallel task, fixed by the shape (never by the thread count, so results
         # do not depend on it): products take ~1/16 of the rows (large GEMMs, 16 tasks to
         # balance); the beta kernels keep a block's WH (block x n) within ~4 MiB: at 1 MiB the
@@ -205,47 +200,42 @@ class DenseOperator(_Operator):
         kd.dense_times_transposed(self.X, G, self._partials(block, G), out, block)
         return out
 
-    def _partials(self, block, G):
-        shape = (-(-self.shape[0] // block), G.shape[1], self.shape[1])
-        if self._partial is None or self._partial.shape != shape or self._partial.dtype != G.dtype:
-            self._partial = np.empty(shape, dtype=G.dtype)
-        return self._partial
+    def _scratch(self, name, shape, dtype):
+        """A buffer kept between calls (the partial products), remade when the shape or
+        dtype changes."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._buffers[name] = np.empty(shape, dtype=dtype)
+        return buf
 
-    def mu_frobenius_w_step(self, W, Ht, gram, l1, l2, gamma, tiny, out):
-        """The Frobenius MU step of W (gram = Ht^T Ht) and then out = X^T W, in one pass over
-        X (kd.dense_mu_frobenius_w), where X^T W would be summed from partials anyway and
-        the products take the G^T A_b^T orientation; False (nothing done) elsewhere."""
+    def _partials(self, block, G, name="partial"):
+        return self._scratch(name, (-(-self.shape[0] // block), G.shape[1], self.shape[1]),
+                             G.dtype)
+
+    def mu_w_step_one_pass(self, W, Ht, beta, gram, l1, l2, gamma, tiny, num_h, den_h):
+        """On X tall enough for summed partials (``_transposed_block``): for beta = 2 the
+        Frobenius step of W and num_h = X^T W (kd.dense_mu_frobenius_w; where the products
+        take the G^T A_b^T orientation), otherwise the beta step of W and the H step's terms
+        (kd.dense_mu_beta_w; while a block's rows of WH fit in ``BETA_ONE_PASS_BYTES``), in
+        one pass over X, with no copy of X^T. False (nothing done) elsewhere."""
         block = self._transposed_block(W.shape[1])
-        if not (block and self._gt["W"]):
+        if not block:
             return False
-        kd.dense_mu_frobenius_w(self.X, W, Ht, gram, l1, l2, gamma, tiny,
-                                self._partials(block, W), out, block)
-        return True
-
-    def mu_beta_w_step(self, W, Ht, beta, l1, l2, gamma, tiny, num_h, den_h):
-        """The MU step of W for a beta != 2 and the H step's terms in one pass over X
-        (kd.dense_mu_beta_w), on X tall enough for summed partials (``_transposed_block``)
-        whose blocks' rows of WH stay within ``BETA_ONE_PASS_BYTES``; False elsewhere. The H
-        side then needs no copy of X^T."""
-        r = W.shape[1]
-        block = self._transposed_block(r)
-        n = self.shape[1]
-        if not block or block * n * self.dtype.itemsize > BETA_ONE_PASS_BYTES:
+        if beta == 2:
+            if not self._gt["W"]:
+                return False
+            kd.dense_mu_frobenius_w(self.X, W, Ht, gram, l1, l2, gamma, tiny,
+                                    self._partials(block, W), num_h, block)
+            return True
+        if block * self.shape[1] * self.dtype.itemsize > BETA_ONE_PASS_BYTES:
             return False
         T = self.dtype.type
-        partial = self._partials(block, W)
         kd.dense_mu_beta_w(self.X, W, Ht, T(beta), wh_guard(self.dtype, beta), l1, l2, gamma,
-                           tiny, partial, self._partials_den(partial), num_h, den_h, block)
+                           tiny, self._partials(block, W),
+                           self._partials(block, W, "partial_den"), num_h, den_h, block)
         if beta == 1:
             den_h[...] = W.sum(axis=0)
         return True
-
-    def _partials_den(self, partial):
-        """A second buffer like ``partial`` (the den partials of the one-pass beta step)."""
-        if self._partial_den is None or self._partial_den.shape != partial.shape \
-                or self._partial_den.dtype != partial.dtype:
-            self._partial_den = np.empty_like(partial)
-        return self._partial_den
 
     def cross64(self, W64, H64):
         """<W, X Ht> in float64, X converted block by block (no float64 copy of X)."""

@@ -977,55 +977,26 @@ def test_mu_step(dtype, fmt, beta, pen, threads):
     assert solver.step(False) is None
 
 
-@pytest.mark.parametrize("m", [4096, 4100])
+@pytest.mark.parametrize("beta,m", [(2.0, 4096), (2.0, 4100), (1.0, 4100), (1.5, 4100)])
 @pytest.mark.parametrize("pen", ["none", "l1l2"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_mu_step_on_tall_dense_x_reads_x_once(dtype, pen, m, threads, monkeypatch):
-    """On a tall dense X a Frobenius MU iteration takes the fused W step (W updated and X^T W
-    made in one pass over X); the iteration is still the reference one, and its H step uses
-    no other product with X. m = 4100 leaves a short last block."""
+def test_mu_step_on_tall_dense_x_reads_x_once(dtype, pen, beta, m, threads, monkeypatch):
+    """On a tall dense X an MU iteration takes the one-pass W step (W updated and the H
+    step's terms, X^T W or the beta terms, made in one pass over X): the iteration is still
+    the reference one, its H step makes no terms of its own with X, and no copy of X^T is
+    ever made. m = 4100 leaves a short last block."""
     n = 512
-    X = make_X(dtype, m=m, n=n)
+    X = make_X(dtype, positive=beta != 2, m=m, n=n)
     W = make_factor(m, dtype, 20)
     Ht = make_factor(n, dtype, 21)
     kw = PENALTIES[pen]
     op = make_operator(np.ascontiguousarray(X))
     calls = []
-    fused = op.mu_frobenius_w_step
-    monkeypatch.setattr(op, "mu_frobenius_w_step", lambda *a: calls.append(fused(*a)) or calls[-1])
-    monkeypatch.setattr(op, "product", lambda *a: calls.append("product"))
-    solver = MU(op, W.copy(), Ht.copy(), 2.0, Penalty(**kw))
-    obj = solver.step(True)
-    assert calls == [True]
-    W_ref, Ht_ref = ref.mu_iteration(X, W, Ht, 2.0, eps=ref.wh_guard(dtype, 2.0),
-                                     tiny=np.sqrt(np.finfo(dtype).tiny), **kw)
-    assert_close(solver.W, W_ref, RTOL_STEP[dtype], "W")
-    assert_close(solver.Ht, Ht_ref, RTOL_STEP[dtype], "Ht")
-    expected_obj = (ref.model_loss(X, solver.W, solver.Ht, 2.0)
-                    + ref.penalty(solver.W, kw.get("l1_W", 0), kw.get("l2_W", 0))
-                    + ref.penalty(solver.Ht, kw.get("l1_H", 0), kw.get("l2_H", 0)))
-    assert_scalar_close(obj, expected_obj, RTOL_LOSS[dtype], "objective")
-
-
-@pytest.mark.parametrize("beta", [1.0, 1.5])
-@pytest.mark.parametrize("pen", ["none", "l1l2"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_mu_beta_step_on_tall_dense_x_needs_no_transposed_copy(dtype, pen, beta, threads,
-                                                               monkeypatch):
-    """On a tall dense X an MU iteration for beta != 2 takes the one-pass W step (the W step
-    and the H step's terms in one pass over X): the iteration is still the reference one, its
-    H step computes no terms of its own, and no copy of X^T is ever made (m = 4100: a short
-    last block)."""
-    m, n = 4100, 512
-    X = make_X(dtype, positive=True, m=m, n=n)
-    W = make_factor(m, dtype, 22)
-    Ht = make_factor(n, dtype, 23)
-    kw = PENALTIES[pen]
-    op = make_operator(np.ascontiguousarray(X))
-    calls = []
-    fused = op.mu_beta_w_step
-    monkeypatch.setattr(op, "mu_beta_w_step", lambda *a: calls.append(fused(*a)) or calls[-1])
-    monkeypatch.setattr(op, "beta_terms", lambda *a: calls.append("beta_terms"))
+    fused = op.mu_w_step_one_pass
+    monkeypatch.setattr(op, "mu_w_step_one_pass",
+                        lambda *a: calls.append(fused(*a)) or calls[-1])
+    plain = "product" if beta == 2 else "beta_terms"
+    monkeypatch.setattr(op, plain, lambda *a: calls.append(plain))
     solver = MU(op, W.copy(), Ht.copy(), beta, Penalty(**kw))
     obj = solver.step(True)
     assert calls == [True]
@@ -1049,7 +1020,7 @@ def test_mu_fused_w_step_only_with_both_sides(beta):
     solver = MU(op, make_factor(4096, np.float64, 1), make_factor(512, np.float64, 2), beta,
                 Penalty(), update_H=False)
     solver.step(False)
-    assert op._partial is None
+    assert not op._buffers   # no partial products made
 
 
 @pytest.mark.parametrize("pen", list(PENALTIES))

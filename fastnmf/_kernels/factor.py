@@ -14,6 +14,7 @@ import numpy as np
 from numba import prange
 
 from .._jit import inline_helper, parallel_kernel, row_kernel
+from ._scalar import eight_dots, four_dots, row_dot
 
 
 @inline_helper
@@ -156,20 +157,9 @@ def hals_sweeps(F, P, Q, l1, max_sweeps, delta_sq):
                 qkk = Q[k, k]
                 if qkk <= zero:
                     continue
-                if whole:
-                    # all eight rows' dot products in one pass over Q's row k
+                if whole:   # all eight rows' dot products in one pass over Q's row k
                     i = s0
-                    d0, d1, d2, d3, d4, d5, d6, d7 = zero, zero, zero, zero, zero, zero, zero, zero
-                    for q in range(r):
-                        qkq = Q[k, q]
-                        d0 += F[i, q] * qkq
-                        d1 += F[i + 1, q] * qkq
-                        d2 += F[i + 2, q] * qkq
-                        d3 += F[i + 3, q] * qkq
-                        d4 += F[i + 4, q] * qkq
-                        d5 += F[i + 5, q] * qkq
-                        d6 += F[i + 6, q] * qkq
-                        d7 += F[i + 7, q] * qkq
+                    d0, d1, d2, d3, d4, d5, d6, d7 = eight_dots(Q, k, F, i, zero)
                     change[0] += coordinate_step(F, P, i, k, l1, qkk, d0, normal, zero)
                     change[1] += coordinate_step(F, P, i + 1, k, l1, qkk, d1, normal, zero)
                     change[2] += coordinate_step(F, P, i + 2, k, l1, qkk, d2, normal, zero)
@@ -181,21 +171,11 @@ def hals_sweeps(F, P, Q, l1, max_sweeps, delta_sq):
                     continue
                 ii = 0
                 while ii < size:
+                    i = s0 + ii
                     if (ii + 3 < size and active[ii] and active[ii + 1] and active[ii + 2]
                             and active[ii + 3]):
-                        # four rows' dot products in one pass over Q's row k (Q is
-                        # symmetric: row k is column k, contiguous), each Q_kq loaded once
-                        i = s0 + ii
-                        d0 = zero
-                        d1 = zero
-                        d2 = zero
-                        d3 = zero
-                        for q in range(r):
-                            qkq = Q[k, q]
-                            d0 += F[i, q] * qkq
-                            d1 += F[i + 1, q] * qkq
-                            d2 += F[i + 2, q] * qkq
-                            d3 += F[i + 3, q] * qkq
+                        # Q is symmetric: its row k is column k, contiguous
+                        d0, d1, d2, d3 = four_dots(Q, k, F, i, i + 1, i + 2, i + 3, zero)
                         change[ii] += coordinate_step(F, P, i, k, l1, qkk, d0, normal, zero)
                         change[ii + 1] += coordinate_step(F, P, i + 1, k, l1, qkk, d1, normal,
                                                           zero)
@@ -206,10 +186,7 @@ def hals_sweeps(F, P, Q, l1, max_sweeps, delta_sq):
                         ii += 4
                     else:
                         if active[ii]:
-                            i = s0 + ii
-                            d = zero
-                            for q in range(r):
-                                d += F[i, q] * Q[k, q]
+                            d = row_dot(Q, k, F, i, zero)
                             change[ii] += coordinate_step(F, P, i, k, l1, qkk, d, normal, zero)
                         ii += 1
             still = False

@@ -29,7 +29,7 @@ from numba import prange
 
 from .._jit import inline_helper, parallel_kernel, row_kernel
 from ._prefetch import U, take_four
-from ._scalar import beta_divergence_entry
+from ._scalar import beta_divergence_entry, four_dots, row_dot
 
 N_CHUNKS = 256  # row ranges per call; static scheduling hands each thread ~N_CHUNKS/threads
 
@@ -56,31 +56,6 @@ def row_chunks(indptr, n_chunks):
         bounds[c] = lo
     bounds[k] = m
     return bounds
-
-
-@inline_helper
-def row_dot(F, i, G, j, zero):
-    """F_i . G_j (the model's entry wh_ij), accumulated from ``zero`` in the factors' dtype."""
-    wh = zero
-    for k in range(F.shape[1]):
-        wh += F[i, k] * G[j, k]
-    return wh
-
-
-@inline_helper
-def four_dots(F, i, G, j0, j1, j2, j3, zero):
-    """(F_i . G_j0, ..., F_i . G_j3): four independent chains the CPU overlaps, F_i read once."""
-    a0 = zero
-    a1 = zero
-    a2 = zero
-    a3 = zero
-    for k in range(F.shape[1]):
-        f = F[i, k]
-        a0 += f * G[j0, k]
-        a1 += f * G[j1, k]
-        a2 += f * G[j2, k]
-        a3 += f * G[j3, k]
-    return a0, a1, a2, a3
 
 
 @inline_helper

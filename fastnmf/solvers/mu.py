@@ -36,26 +36,21 @@ class MU(Solver):
         l1, l2 = T(self.penalty.l1[side]), T(self.penalty.l2[side])
         if self.beta == 2:
             gram(G, self._gram)
-            # With H updated next, the operator may do the W step and make X^T W (the H
-            # step's numerator) in one pass over X (tall dense X; False elsewhere).
-            if side == "W" and "H" in self.sides and self.op.mu_frobenius_w_step(
-                    F, G, self._gram, l1, l2, self.gamma, self.tiny, self._num["H"]):
-                self._h_terms_ready = True
-                return
-            if not self._h_terms_ready:
+        # With H updated next, the operator may do the W step and make the H step's terms
+        # (X^T W, or the beta terms) in one pass over X (tall dense X; False elsewhere).
+        if side == "W" and "H" in self.sides and self.op.mu_w_step_one_pass(
+                F, G, self.beta, self._gram, l1, l2, self.gamma, self.tiny, self._num["H"],
+                self._den.get("H")):
+            self._h_terms_ready = True
+            return
+        ready, self._h_terms_ready = self._h_terms_ready, False
+        if self.beta == 2:
+            if not ready:
                 self.op.product(side, G, num)
-            self._h_terms_ready = False
             mu_apply_gram(F, num, self._gram, l1, l2, self.gamma, self.tiny)
             self._remember_cross(F, num)
         else:
             den = self._den[side]
-            # likewise the W step of any other beta with the H step's num and den (tall dense X)
-            if side == "W" and "H" in self.sides and self.op.mu_beta_w_step(
-                    F, G, self.beta, l1, l2, self.gamma, self.tiny, self._num["H"],
-                    self._den["H"]):
-                self._h_terms_ready = True
-                return
-            if not self._h_terms_ready:
+            if not ready:
                 self.op.beta_terms(side, F, G, self.beta, num, den)
-            self._h_terms_ready = False
             mu_apply(F, num, den, l1, l2, self.gamma, self.tiny)
