@@ -185,17 +185,18 @@ def fit_sklearn(X, W0, H0, r, n_iter, kw):
     return elapsed, W, model.components_, 0.5 * float(model.reconstruction_err_) ** 2
 
 
-def warm_up(dtype="float64"):
+def warm_up(dtype="float64", problem_ranks=()):
     """Compile (or load from cache) every kernel the timed fits use, dense and CSR, in the
-    run's dtype, at the smallest rank that reaches each of the three compiled copies of the
-    row kernels (fastnmf picks one by the rank: ``fastnmf._jit.copy_for``)."""
+    run's dtype: at the problems' own ranks (the fixed-rank CSR kernels are compiled per
+    rank) and at the smallest rank that reaches each of the three compiled copies of the
+    loop row kernels (fastnmf picks one by the rank: ``fastnmf._jit.copy_for``)."""
     from fastnmf._jit import copy_for
     t = time.perf_counter()
     Xs = make_sparse_counts(300, 200, 3_000, 5, random_state=1).astype(dtype)
     Xd = make_dense_images(100, 64, 5, random_state=1).astype(dtype)
     itemsize = np.dtype(dtype).itemsize
     ranks = sorted({min(r for r in range(1, 65) if copy_for(r, itemsize) == c)
-                    for c in ("interleaved", "single", "narrow")})
+                    for c in ("interleaved", "single", "narrow")} | set(problem_ranks))
     for X in (Xs, Xd):
         for r in ranks:
             W0, H0 = make_start(X, r, "random")
@@ -318,7 +319,7 @@ def main(argv=None):
           + ", ".join(f"{q['internal_api']} {q['version']} x{q['num_threads']}"
                       for q in env["threadpools"]))
     load0 = os.getloadavg()
-    warm = warm_up(args.dtype)
+    warm = warm_up(args.dtype, {r for name, _, r, _ in problems(args.quick) if name in wanted})
     print(f"JIT warm-up: {warm:.1f} s; init={args.init}; repeats={repeats}; load average "
           f"{load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} (other processes slow down the "
           f"{N_THREADS}-thread parallel regions)\n")

@@ -54,6 +54,7 @@ import types as pytypes
 
 import llvmlite.binding as llvm
 import numba
+import numpy as np
 from numba.core.codegen import CPUCodeLibrary
 from numba.core.compiler_lock import global_compiler_lock
 from numba.core.itanium_mangler import mangle_identifier
@@ -257,3 +258,50 @@ def _module_attribute(module, name):
 def row_kernel(func):
     """Compile ``func`` as a ``RowKernel`` (see the module docstring)."""
     return RowKernel(func)
+
+
+class RankKernel:
+    """A ``parallel_kernel`` compiled once per factor rank r: its last parameter is r as a
+    literal integer (a compile-time constant to the code it calls, such as the IR of
+    ``_kernels._fixed_rank``). A call passes every other argument; r is the row length of
+    the first 2-D array among them. Each (argument types, r) is compiled on first use and
+    cached on disk like every kernel; later calls go straight to its compiled entry point
+    (Numba's own dispatch would retype the literal on every call)."""
+
+    def __init__(self, func):
+        functools.update_wrapper(self, func)
+        self.py_func = func
+        self.dispatcher = numba.njit(parallel=True, **_COMMON)(func)
+        self._entries = {}
+
+    @property
+    def signatures(self):
+        return self.dispatcher.signatures
+
+    def __reduce__(self):
+        return _module_attribute, (self.__module__, self.__name__)
+
+    def __call__(self, *args):
+        r = next((a.shape[1] for a in args if getattr(a, "ndim", 0) == 2), None)
+        if r is None:
+            raise TypeError(f"{self.__name__}: no 2-D array argument (the factor rows)")
+        key = (r,) + tuple(map(_type_key, args))
+        entry = self._entries.get(key)
+        if entry is None:
+            sig = tuple(numba.typeof(a) for a in args) + (numba.types.IntegerLiteral(r),)
+            entry = self._entries[key] = self.dispatcher.compile(sig)
+        return entry(*args, r)
+
+
+def _type_key(a):
+    """What decides an argument's Numba type, cheaper than ``numba.typeof`` (40 us per call
+    of a six-array kernel): an array's dtype, rank and flags, else the Python type."""
+    if isinstance(a, np.ndarray):
+        f = a.flags
+        return (a.dtype, a.ndim, f.c_contiguous, f.f_contiguous, f.writeable, f.aligned)
+    return type(a)
+
+
+def rank_kernel(func):
+    """Compile ``func`` as a ``RankKernel`` (its last parameter: the rank, a literal)."""
+    return RankKernel(func)

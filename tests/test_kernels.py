@@ -19,6 +19,7 @@ except ImportError:
     import reference as ref
 
 from fastnmf._data import CsrOperator, DenseOperator, make_operator
+from fastnmf._kernels import _fixed_rank
 from fastnmf._kernels import dense as kd
 from fastnmf._kernels import factor as kf
 from fastnmf._kernels import sparse as ks
@@ -310,6 +311,105 @@ def test_csr_times_dense_every_row_length(dtype, idx_dtype, r, threads):
         assert np.all(out[0] == 0)
 
 
+# every way a row is cut into pieces (float64: 4, 2, 1 lanes; float32: 8, 4, 1) and both
+# sides of the 512-byte limit (float64 64 / 65, float32 128 / 129)
+FIXED_RANKS = [1, 2, 3, 5, 6, 7, 12, 13, 15, 20, 64, 65, 128, 129]
+# each rank is a compile: one index type per dtype (the other kernels' tests take both)
+FIXED_CASES = [(np.float64, np.int32), (np.float32, np.int64)]
+
+
+@pytest.mark.parametrize("dtype,idx_dtype", FIXED_CASES, ids=lambda d: np.dtype(d).name)
+def test_csr_times_dense_every_rank(dtype, idx_dtype):
+    """Every way a row is cut into 32-byte and 16-byte vectors and single elements, both
+    sides of the 512-byte limit of the fixed-rank kernel, which kernel the rule picks, and
+    the result against SciPy. The output starts as NaN."""
+    rng = np.random.default_rng(3)
+    A = sp.random(40, 30, density=0.2, format="csr", random_state=rng, dtype=np.float64)
+    A.data = rng.integers(1, 9, size=A.nnz).astype(np.float64)
+    A = sp.csr_matrix((A.data.astype(dtype), A.indices.astype(idx_dtype),
+                       A.indptr.astype(idx_dtype)), shape=A.shape)
+    size = np.dtype(dtype).itemsize
+    for r in FIXED_RANKS:
+        B = np.ascontiguousarray(rng.uniform(0.2, 1.2, (30, r)), dtype=dtype)
+        out = np.full((40, r), np.nan, dtype=dtype)
+        before = len(ks.csr_times_dense_fixed.signatures)
+        ks.csr_times_dense(A.indptr, A.indices, A.data, B, out)
+        assert_close(out, A.astype(np.float64) @ B.astype(np.float64), RTOL[dtype], f"r = {r}")
+        assert _fixed_rank.fits(r, size) == (r * size <= 512)
+        if not _fixed_rank.fits(r, size):
+            assert len(ks.csr_times_dense_fixed.signatures) == before
+
+
+@pytest.mark.parametrize("dtype,idx_dtype", FIXED_CASES, ids=lambda d: np.dtype(d).name)
+def test_csr_kl_numerator_every_rank(dtype, idx_dtype):
+    """The KL numerator at every rank of ``FIXED_RANKS`` (both kernels, by the rule) against
+    the NumPy reference, with stored zeros and gathered rows of zeros (WH = 0 < eps, so the
+    guard must apply); the output starts as NaN."""
+    rng = np.random.default_rng(8)
+    A = sp.random(40, 30, density=0.2, format="csr", random_state=rng, dtype=np.float64)
+    A.data = rng.integers(0, 9, size=A.nnz).astype(np.float64)   # some stored zeros
+    A = sp.csr_matrix((A.data.astype(dtype), A.indices.astype(idx_dtype),
+                       A.indptr.astype(idx_dtype)), shape=A.shape)
+    eps = kernel_eps(dtype)
+    for r in FIXED_RANKS:
+        F = np.ascontiguousarray(rng.uniform(0.2, 1.2, (40, r)), dtype=dtype)
+        G = rng.uniform(0.2, 1.2, (30, r))
+        G[[3, 17]] = 0.0
+        G = np.ascontiguousarray(G, dtype=dtype)
+        out = np.full((40, r), np.nan, dtype=dtype)
+        ks.csr_kl_numerator(A.indptr, A.indices, A.data, F, G, eps, out)
+        assert_close(out, ref.kl_numerator(A, F, G, float(eps)), RTOL[dtype], f"r = {r}")
+
+
+def test_fixed_rank_row_pieces():
+    """32-byte vectors first, then one 16-byte vector, then single elements; they tile the
+    row exactly."""
+    assert _fixed_rank.row_pieces(20, 8) == [(0, 4), (4, 4), (8, 4), (12, 4), (16, 4)]
+    assert _fixed_rank.row_pieces(11, 8) == [(0, 4), (4, 4), (8, 2), (10, 1)]
+    assert _fixed_rank.row_pieces(20, 4) == [(0, 8), (8, 8), (16, 4)]
+    assert _fixed_rank.row_pieces(7, 4) == [(0, 4), (4, 1), (5, 1), (6, 1)]
+    for size in (4, 8):
+        for r in range(1, 70):
+            pieces = _fixed_rank.row_pieces(r, size)
+            assert [k for k, _ in pieces] == list(np.cumsum([0] + [w for _, w in pieces])[:-1])
+            assert sum(w for _, w in pieces) == r
+
+
+def test_csr_times_dense_float32_data_float64_factor():
+    """The float32 fits form their loss cross term from float32 X and float64 factors: the
+    fixed-rank kernel widens each value, never the other way."""
+    rng = np.random.default_rng(4)
+    A = sp.random(50, 40, density=0.2, format="csr", random_state=rng, dtype=np.float32)
+    B = rng.uniform(0.2, 1.2, (40, 20))
+    out = np.full((50, 20), np.nan)
+    ks.csr_times_dense(A.indptr, A.indices, A.data, B, out)
+    assert_close(out, A.astype(np.float64) @ B, 1e-13, "float32 X @ float64 B")
+
+
+def test_csr_times_dense_any_layout():
+    """A factor or output that is not C-contiguous goes to the loop kernel, same result."""
+    rng = np.random.default_rng(6)
+    A = sp.random(50, 40, density=0.2, format="csr", random_state=rng)
+    B = np.asfortranarray(rng.uniform(0.2, 1.2, (40, 20)))
+    out = np.full((50, 24), np.nan)[:, :20]
+    ks.csr_times_dense(A.indptr, A.indices, A.data, B, out)
+    assert_close(out, A @ B, 1e-13, "X @ B, Fortran B, strided out")
+
+
+def test_rank_kernel_compiles_each_rank_once():
+    """A call goes to the entry point compiled for its argument types and rank: a second
+    call with the same ones compiles nothing; a new rank compiles one more signature, whose
+    last type is that rank as a literal."""
+    A = sp.random(20, 10, density=0.3, format="csr", random_state=1)
+    kern = ks.csr_times_dense_fixed
+    for r in (7, 7, 9):
+        B = np.ones((10, r))
+        kern(A.indptr, A.indices, A.data, B, np.empty((20, r)))
+    types = tuple(numba.typeof(a) for a in (A.indptr, A.indices, A.data, B, B))
+    literals = [s[-1].literal_value for s in kern.signatures if tuple(s[:-1]) == types]
+    assert sorted(set(literals)) == sorted(literals) and {7, 9} <= set(literals)
+
+
 def placed(F, offset):
     """A C-contiguous copy of F whose first element sits ``offset`` bytes after a cache line."""
     raw = np.empty(F.nbytes + 128, dtype=np.uint8)
@@ -400,7 +500,7 @@ def test_row_kernels_every_vector_remainder(dtype, idx_dtype, r, copy):
     loss, and the HALS sweeps, in all three compiled copies of each (whichever the rank
     would pick)."""
     kern = {name: getattr(mod, name).__dict__[copy] for mod, name in (
-        (ks, "csr_times_dense"), (ks, "csr_kl_numerator"), (ks, "csr_kl_loss_rows"),
+        (ks, "csr_times_dense_loop"), (ks, "csr_kl_numerator_loop"), (ks, "csr_kl_loss_rows"),
         (kf, "hals_sweeps"))}
     rng = np.random.default_rng(r)
     X = make_X(dtype)
@@ -411,10 +511,10 @@ def test_row_kernels_every_vector_remainder(dtype, idx_dtype, r, copy):
     eps = kernel_eps(dtype)
     for mat, F, G, what in ((A, W, Ht, "side W"), (AT, Ht, W, "side H")):
         out = np.full(F.shape, np.nan, dtype=dtype)
-        kern["csr_times_dense"](mat.indptr, mat.indices, mat.data, G, out)
+        kern["csr_times_dense_loop"](mat.indptr, mat.indices, mat.data, G, out)
         assert_close(out, ref.product(mat, G), RTOL[dtype], f"product {what} r={r}")
         out = np.full(F.shape, np.nan, dtype=dtype)
-        kern["csr_kl_numerator"](mat.indptr, mat.indices, mat.data, F, G, eps, out)
+        kern["csr_kl_numerator_loop"](mat.indptr, mat.indices, mat.data, F, G, eps, out)
         assert_close(out, ref.kl_numerator(mat, F, G, float(eps)), RTOL[dtype],
                      f"KL numerator {what} r={r}")
     rows = np.full(M, np.nan)
@@ -1198,8 +1298,10 @@ def test_thread_count_restored():
 # float32 stays float32
 
 KERNELS = {
-    "csr_times_dense": ks.csr_times_dense,
-    "csr_kl_numerator": ks.csr_kl_numerator,
+    "csr_times_dense_loop": ks.csr_times_dense_loop,
+    "csr_times_dense_fixed": ks.csr_times_dense_fixed,
+    "csr_kl_numerator_loop": ks.csr_kl_numerator_loop,
+    "csr_kl_numerator_fixed": ks.csr_kl_numerator_fixed,
     "csr_kl_loss_rows": ks.csr_kl_loss_rows,
     "csr_beta_all_entries": ks.csr_beta_all_entries,
     "dense_times": kd.dense_times,
@@ -1287,7 +1389,7 @@ def test_interleave_option_is_scoped_to_the_compile(monkeypatch):
     the same machine code, and the forced one differs."""
     from fastnmf import _jit
     if not _jit.CAN_SCOPE_INTERLEAVE:   # LLVM < 15: one copy, the option is never touched
-        assert ks.csr_times_dense.single is ks.csr_times_dense.interleaved
+        assert ks.csr_times_dense_loop.single is ks.csr_times_dense_loop.interleaved
         return
     opts = dict(parallel=True, nogil=True, error_model="numpy", fastmath=set(_jit.FASTMATH))
     A, out = np.ones((3, 21)), np.empty(3)
@@ -1381,7 +1483,7 @@ def _has_avx2():
 
 
 def test_row_kernel_calls_the_copy_its_rows_select(monkeypatch):
-    kern = ks.csr_times_dense
+    kern = ks.csr_times_dense_loop
     called = []
     for name in ("interleaved", "single", "narrow"):
         monkeypatch.setattr(kern, name, lambda *a, name=name: called.append(name))
@@ -1414,22 +1516,25 @@ def test_row_kernel_takes_the_copy_with_the_fewest_operations(dtype, r, copy):
     if not _jit.CAN_SCOPE_INTERLEAVE:
         pytest.skip("LLVM < 15: the row kernels are compiled once")
     rows = np.zeros((3, r), dtype=dtype)
-    chosen = ks.csr_times_dense.for_rows(rows)
-    assert chosen is getattr(ks.csr_times_dense, copy)
+    chosen = ks.csr_times_dense_loop.for_rows(rows)
+    assert chosen is getattr(ks.csr_times_dense_loop, copy)
     # the copies are cached on disk like every other kernel, under their own names
     assert type(chosen._cache).__name__ == "FunctionCache"
-    names = {c.py_func.__qualname__ for c in (ks.csr_times_dense.interleaved,
-                                               ks.csr_times_dense.single,
-                                               ks.csr_times_dense.narrow)}
+    names = {c.py_func.__qualname__ for c in (ks.csr_times_dense_loop.interleaved,
+                                               ks.csr_times_dense_loop.single,
+                                               ks.csr_times_dense_loop.narrow)}
     assert len(names) == 3
 
 
 def test_row_kernels_pickle_by_reference():
     import pickle
-    for kern in (ks.csr_times_dense, ks.csr_kl_numerator, ks.csr_kl_loss_rows, kf.hals_sweeps):
+    for kern in (ks.csr_times_dense, ks.csr_times_dense_loop, ks.csr_times_dense_fixed,
+                 ks.csr_kl_numerator, ks.csr_kl_numerator_loop, ks.csr_kl_numerator_fixed,
+                 ks.csr_kl_loss_rows, kf.hals_sweeps):
         assert pickle.loads(pickle.dumps(kern)) is kern
 
 
 def test_row_kernel_needs_a_factor_argument():
-    with pytest.raises(TypeError, match="2-D"):
-        ks.csr_times_dense(np.zeros(2, np.int32))
+    for kern in (ks.csr_times_dense_loop, ks.csr_times_dense_fixed, ks.csr_kl_numerator_fixed):
+        with pytest.raises(TypeError, match="2-D"):
+            kern(np.zeros(2, np.int32))

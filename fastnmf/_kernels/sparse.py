@@ -27,8 +27,9 @@ import math
 import numpy as np
 from numba import prange
 
-from .._jit import inline_helper, parallel_kernel, row_kernel
-from ._prefetch import U, take_four
+from .._jit import inline_helper, parallel_kernel, rank_kernel, row_kernel
+from ._fixed_rank import fits, gather_row_sum, kl_row_numerator
+from ._prefetch import U, spills, take_four
 from ._scalar import beta_divergence_entry, four_dots, row_dot
 
 N_CHUNKS = 256  # row ranges per call; static scheduling hands each thread ~N_CHUNKS/threads
@@ -76,9 +77,39 @@ def kl_nonzero_term(x, wh, eps):
     return xf * math.log(xf / float(wh)) - xf
 
 
-@row_kernel
+def _fixed_rank_rows(*rows):
+    """Whether the fixed-rank kernels take these factor-row arrays: 2-D, C-contiguous, of
+    one dtype, rows of at most ``_fixed_rank.MAX_ROW_BYTES``. Otherwise the loop kernels."""
+    first = rows[0]
+    return (all(getattr(a, "ndim", 0) == 2 and a.flags.c_contiguous and a.dtype == first.dtype
+                and a.shape[1] == first.shape[1] for a in rows)
+            and fits(first.shape[1], first.itemsize))
+
+
 def csr_times_dense(indptr, indices, data, B, out):
-    """out = A @ B for CSR A (m x n) and dense B (n x r).
+    """out = A @ B for CSR A (m x n) and dense B (n x r): ``csr_times_dense_fixed`` where
+    ``_fixed_rank_rows``, else ``csr_times_dense_loop``."""
+    if _fixed_rank_rows(B, out):
+        return csr_times_dense_fixed(indptr, indices, data, B, out)
+    return csr_times_dense_loop(indptr, indices, data, B, out)
+
+
+@rank_kernel
+def csr_times_dense_fixed(indptr, indices, data, B, out, rank):
+    """out = A @ B with r = ``rank`` fixed at compile time: each row's r sums stay in vector
+    registers over all its nonzeros (``_fixed_rank.gather_row_sum``)."""
+    nnz = U(indptr[indptr.shape[0] - 1])
+    spill = spills(B, U(rank) * U(B.itemsize))
+    bounds = row_chunks(indptr, N_CHUNKS)
+    for c in prange(bounds.shape[0] - 1):
+        for i in range(bounds[c], bounds[c + 1]):
+            gather_row_sum(out, i, B, indices, data, U(indptr[i]), U(indptr[i + 1]), nnz,
+                           spill, rank)
+
+
+@row_kernel
+def csr_times_dense_loop(indptr, indices, data, B, out):
+    """out = A @ B for CSR A (m x n) and dense B (n x r), for any r and layout.
 
     Four nonzeros per update of out[i]: adding one scaled row at a time makes every nonzero
     wait for the previous read-modify-write of out[i] (a ~9-cycle chain per nonzero that
@@ -122,9 +153,30 @@ def csr_times_dense(indptr, indices, data, B, out):
                 p += U(1)
 
 
-@row_kernel
 def csr_kl_numerator(indptr, indices, data, F, G, eps, out):
-    """out[i] = sum over nonzeros j of x_ij / max(F_i . G_j, eps) * G_j  (the KL MU numerator).
+    """out[i] = sum over nonzeros j of x_ij / max(F_i . G_j, eps) * G_j (the KL MU numerator):
+    ``csr_kl_numerator_fixed`` where ``_fixed_rank_rows``, else ``csr_kl_numerator_loop``."""
+    if _fixed_rank_rows(F, G, out):
+        return csr_kl_numerator_fixed(indptr, indices, data, F, G, eps, out)
+    return csr_kl_numerator_loop(indptr, indices, data, F, G, eps, out)
+
+
+@rank_kernel
+def csr_kl_numerator_fixed(indptr, indices, data, F, G, eps, out, rank):
+    """The KL numerator with r = ``rank`` fixed at compile time: F_i and the row's r sums
+    stay in registers, each gathered G_j is loaded once (``_fixed_rank.kl_row_numerator``)."""
+    nnz = U(indptr[indptr.shape[0] - 1])
+    spill = spills(G, U(rank) * U(G.itemsize))
+    bounds = row_chunks(indptr, N_CHUNKS)
+    for c in prange(bounds.shape[0] - 1):
+        for i in range(bounds[c], bounds[c + 1]):
+            kl_row_numerator(out, i, F, G, indices, data, U(indptr[i]), U(indptr[i + 1]), nnz,
+                             spill, eps, rank)
+
+
+@row_kernel
+def csr_kl_numerator_loop(indptr, indices, data, F, G, eps, out):
+    """The KL numerator for any r and layout.
 
     Four nonzeros at a time: their dot products are independent chains the CPU overlaps, and
     out[i] is read and written once per four (1.3-1.7x faster than one at a time). Each

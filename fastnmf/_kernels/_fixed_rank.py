@@ -1,0 +1,288 @@
+"""CSR row loops with the rank r fixed when the kernel compiles (``_jit.rank_kernel``).
+
+``gather_row_sum``: out[i] = sum over the nonzeros p of row i of data[p] * B[indices[p]], with
+the r sums held in vector registers for the whole row: per nonzero, one load and one
+multiply-add per vector piece of the gathered row, and out[i] stored once at the end. A loop
+over a run-time r cannot do that (Numba has no register array of run-time length), so the
+loop kernels of ``sparse.py`` load and store out[i] once per four nonzeros; and Numba code
+with r a compile-time constant had LLVM scalarize the sums or vectorize over the nonzeros
+instead (0.47-1.09x). So the row loop is written here directly in LLVM IR, as Numba
+intrinsics, with the row cut into 32-byte vectors (the row kernels' width, ``_jit``), then
+one 16-byte vector and single elements for what is left (``row_pieces``: float64 r = 10 is
+two 4-lane vectors and one 2-lane one; float32 r = 20 two 8-lane and one 4-lane).
+``kl_row_numerator`` does the same for the KL numerator, with F_i also kept in registers, so
+each gathered row is loaded once for its dot product and its scaled add.
+
+The nonzeros of a row are visited in order by one thread, so a row's result does not depend
+on the thread count. The arithmetic carries the kernels' fast-math flags (``_jit.FASTMATH``:
+LLVM may fuse and regroup a row's additions, the same way for every row and every run).
+
+Measured on the Zen 4 host (2 threads, same process, alternating order; 50k x 20k with 2.1M
+nonzeros at r = 10-50, 300k x 50k with 5.5M at r = 32) against the loop kernels, X Ht / X^T W:
+float64 r = 10 1.27x / 1.49x, r = 20 1.09-1.21x / 1.38-1.50x, r = 32 1.13x / 1.31x, r = 50
+1.41x / 1.25x; float32 r = 10 1.25x / 1.35x, r = 20 1.35x / 1.48x, r = 32 1.07x / 1.76x,
+r = 50 1.29x / 1.35x; 300k r = 32 float64 1.11-1.17x / 1.06-1.12x, float32 1.27x / 1.08x
+(there the gathered rows of W come from DRAM). KL numerator, sides W / H: float64 r = 10
+1.44x / 1.59x, r = 20 1.38x / 1.55x, r = 32 1.18x / 1.26x, r = 50 1.23x / 1.30x; float32
+1.23-1.45x / 1.27-1.53x; 300k 1.15x / 1.08x (float64), 1.24x / 1.05x (float32).
+"""
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .._jit import VECTOR_BYTES
+from ._prefetch import LINE, PREFETCH_DISTANCE
+
+MAX_ROW_BYTES = 512   # rows up to 16 32-byte sums (float64 r <= 64, float32 r <= 128)
+
+
+def row_pieces(r, itemsize):
+    """(first element, lanes) of the vectors a row of r elements is cut into: 32-byte ones,
+    then a 16-byte one if at least that much is left, then single elements."""
+    pieces, k = [], 0
+    for width in (VECTOR_BYTES // itemsize, VECTOR_BYTES // 2 // itemsize, 1):
+        width = max(width, 1)
+        while r - k >= width:
+            pieces.append((k, width))
+            k += width
+    return pieces
+
+
+def fits(r, itemsize):
+    """Whether rows of r elements of ``itemsize`` bytes take the fixed-rank kernels."""
+    return 1 <= r and r * itemsize <= MAX_ROW_BYTES
+
+
+def _prefetch(builder, address):
+    i8p = ir.IntType(8).as_pointer()
+    i32 = ir.IntType(32)
+    fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+    fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+    builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+
+
+def _splat(builder, x, vector_type):
+    """A vector of ``vector_type`` with every lane x."""
+    one = builder.insert_element(ir.Constant(vector_type, ir.Undefined), x,
+                                 ir.Constant(ir.IntType(32), 0))
+    mask = ir.Constant(ir.VectorType(ir.IntType(32), vector_type.count), [0] * vector_type.count)
+    return builder.shuffle_vector(one, ir.Constant(vector_type, ir.Undefined), mask)
+
+
+FLAGS = ("contract", "reassoc", "nsz", "arcp")   # _jit.FASTMATH, as LLVM instruction flags
+
+
+def _typing_ok(rank, *rows):
+    """r is a literal, the factor-row arrays are 2-D, C-contiguous, of one float dtype, and
+    their rows fit (``fits``)."""
+    if not isinstance(rank, types.IntegerLiteral):
+        return False
+    if not all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C"
+               and a.dtype == rows[0].dtype and isinstance(a.dtype, types.Float) for a in rows):
+        return False
+    return fits(rank.literal_value, rows[0].dtype.bitwidth // 8)
+
+
+class _RowCode:
+    """IR for one CSR row of a fixed-rank kernel: the row's loop over its nonzeros, the
+    prefetch of the gathered rows, and loads and stores of factor rows as vector pieces."""
+
+    def __init__(self, context, builder, B_type, B, indices_type, indices, data_type, data,
+                 start, end, nnz, spill, r):
+        self.context, self.builder = context, builder
+        self.i64 = ir.IntType(64)
+        self.i8p = ir.IntType(8).as_pointer()
+        self.dtype = B_type.dtype
+        self.itemsize = self.dtype.bitwidth // 8
+        ftype = context.get_value_type(self.dtype)
+        self.pieces = [(k * self.itemsize, ftype if w == 1 else ir.VectorType(ftype, w))
+                       for k, w in row_pieces(r, self.itemsize)]
+        self.span = r * self.itemsize
+        self.B = self.array(B_type, B)
+        self.indices = context.make_array(indices_type)(context, builder, indices).data
+        self.data = context.make_array(data_type)(context, builder, data).data
+        self.data_dtype = data_type.dtype
+        self.start = context.cast(builder, start[1], start[0], types.intp)
+        self.end = context.cast(builder, end[1], end[0], types.intp)
+        self.nnz = context.cast(builder, nnz[1], nnz[0], types.intp)
+        self.spill = context.cast(builder, spill[1], spill[0], types.boolean)
+
+    def array(self, ary_type, value):
+        """(first byte, row stride) of a C-contiguous 2-D array."""
+        ary = self.context.make_array(ary_type)(self.context, self.builder, value)
+        return (self.builder.bitcast(ary.data, self.i8p),
+                cgutils.unpack_tuple(self.builder, ary.strides)[0])
+
+    def row(self, array, i):
+        """The address of row i (an intp) of an ``array`` pair."""
+        return self.builder.gep(array[0], [self.builder.mul(i, array[1])])
+
+    def column(self, p):
+        """indices[p] as a 64-bit integer (the operators validated 0 <= index < n)."""
+        value = self.builder.load(self.builder.gep(self.indices, [p]))
+        return self.builder.zext(value, self.i64) if value.type.width < 64 else value
+
+    def value(self, p):
+        """data[p] in the factors' dtype."""
+        x = self.builder.load(self.builder.gep(self.data, [p]))
+        return self.context.cast(self.builder, x, self.data_dtype, self.dtype)
+
+    def pointer(self, row_address, offset, t):
+        return self.builder.bitcast(self.builder.gep(row_address, [ir.Constant(self.i64,
+                                                                                offset)]),
+                                    t.as_pointer())
+
+    def load_row(self, row_address):
+        return [self.builder.load(self.pointer(row_address, o, t), align=self.itemsize)
+                for o, t in self.pieces]
+
+    def store_row(self, row_address, values):
+        for (o, t), v in zip(self.pieces, values):
+            self.builder.store(v, self.pointer(row_address, o, t), align=self.itemsize)
+
+    def sums(self):
+        """One zeroed accumulator (an alloca LLVM keeps in a register) per piece."""
+        return [cgutils.alloca_once_value(self.builder, ir.Constant(t, None))
+                for _, t in self.pieces]
+
+    def add_scaled(self, sums, x, g):
+        """sums += x * g, piece by piece (x a scalar)."""
+        b = self.builder
+        for (_, t), acc, gv in zip(self.pieces, sums, g):
+            xs = _splat(b, x, t) if isinstance(t, ir.VectorType) else x
+            b.store(b.fadd(b.load(acc), b.fmul(xs, gv, flags=FLAGS), flags=FLAGS), acc)
+
+    def dot(self, f, g):
+        """sum(f * g) over the row: the products of pieces of one width added pairwise into
+        one vector, which is halved (adding the halves) down to the next width present and
+        added to that width's sum, and so on down to one lane."""
+        b = self.builder
+        by_width = {}
+        for (_, t), fv, gv in zip(self.pieces, f, g):
+            by_width.setdefault(t.count if isinstance(t, ir.VectorType) else 1, []).append(
+                b.fmul(fv, gv, flags=FLAGS))
+        v = None
+        for width in sorted(by_width, reverse=True):
+            terms = by_width[width]
+            while v is not None and (v.type.count if isinstance(v.type, ir.VectorType)
+                                     else 1) > width:
+                v = self._halve(v)
+            if v is not None:
+                terms = terms + [v]
+            while len(terms) > 1:
+                terms = [b.fadd(terms[k], terms[k + 1], flags=FLAGS) if k + 1 < len(terms)
+                         else terms[k] for k in range(0, len(terms), 2)]
+            v = terms[0]
+        while isinstance(v.type, ir.VectorType) and v.type.count > 1:
+            v = self._halve(v)
+        if isinstance(v.type, ir.VectorType):
+            v = b.extract_element(v, ir.Constant(ir.IntType(32), 0))
+        return v
+
+    def _halve(self, v):
+        """The sum of the low and the high half of vector v (a vector of half the lanes, or
+        a scalar from two lanes)."""
+        b = self.builder
+        n = v.type.count // 2
+        if n == 1:
+            return b.fadd(b.extract_element(v, ir.Constant(ir.IntType(32), 0)),
+                          b.extract_element(v, ir.Constant(ir.IntType(32), 1)), flags=FLAGS)
+        lanes = ir.VectorType(ir.IntType(32), n)
+        lo = b.shuffle_vector(v, v, ir.Constant(lanes, list(range(n))))
+        hi = b.shuffle_vector(v, v, ir.Constant(lanes, list(range(n, 2 * n))))
+        return b.fadd(lo, hi, flags=FLAGS)
+
+    def over_nonzeros(self, body):
+        """``body(p, address of B's row indices[p])`` for the row's nonzeros p in [start,
+        end), in order, each after the hint for the gathered row of nonzero p +
+        PREFETCH_DISTANCE (while < nnz: one hint per 64 bytes, plus its last byte where
+        ``spill``). Grouping two or four nonzeros per trip (their dot products side by side,
+        as the loop kernels do) measured no faster here: 0.82-1.17x for the KL numerator."""
+        b, i64 = self.builder, self.i64
+        counter = cgutils.alloca_once_value(b, self.start)
+        test_bb = b.append_basic_block("row.test")
+        body_bb = b.append_basic_block("row.body")
+        done_bb = b.append_basic_block("row.done")
+        b.branch(test_bb)
+        b.position_at_end(test_bb)
+        p = b.load(counter)
+        b.cbranch(b.icmp_signed("<", p, self.end), body_bb, done_bb)
+        b.position_at_end(body_bb)
+        self._hint(p)
+        body(p, self.row(self.B, self.column(p)))
+        b.store(b.add(p, ir.Constant(i64, 1)), counter)
+        b.branch(test_bb)
+        b.position_at_end(done_bb)
+
+    def _hint(self, p):
+        b, i64 = self.builder, self.i64
+        ahead = b.add(p, ir.Constant(i64, PREFETCH_DISTANCE))
+        with b.if_then(b.icmp_signed("<", ahead, self.nnz), likely=True):
+            a = self.row(self.B, self.column(ahead))
+            for offset in range(0, self.span, LINE):
+                _prefetch(b, b.gep(a, [ir.Constant(i64, offset)]))
+            with b.if_then(self.spill, likely=False):
+                _prefetch(b, b.gep(a, [ir.Constant(i64, self.span - 1)]))
+
+
+@intrinsic
+def gather_row_sum(typingctx, out, i, B, indices, data, start, end, nnz, spill, rank):
+    """out[i, :] = sum of data[p] * B[indices[p], :] for p in [start, end); r = ``rank`` (a
+    literal integer) = B.shape[1] = out.shape[1]; B and out C-contiguous, of one dtype.
+    Prefetch as in ``_RowCode.over_nonzeros``. No bounds checks: the caller validated the
+    CSR arrays."""
+    if not _typing_ok(rank, B, out):
+        return None
+    sig = types.void(out, i, B, indices, data, start, end, nnz, spill, rank)
+
+    def codegen(context, builder, signature, args):
+        t = signature.args
+        code = _RowCode(context, builder, t[2], args[2], t[3], args[3], t[4], args[4],
+                        (t[5], args[5]), (t[6], args[6]), (t[7], args[7]), (t[8], args[8]),
+                        rank.literal_value)
+        sums = code.sums()
+        row = context.cast(builder, args[1], t[1], types.intp)
+        out = code.array(t[0], args[0])
+        code.over_nonzeros(lambda p, g_row: code.add_scaled(sums, code.value(p),
+                                                            code.load_row(g_row)))
+        code.store_row(code.row(out, row), [builder.load(acc) for acc in sums])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def kl_row_numerator(typingctx, out, i, F, G, indices, data, start, end, nnz, spill, eps,
+                     rank):
+    """out[i, :] = sum over p in [start, end) of data[p] / max(F[i] . G[j], eps) * G[j]
+    with j = indices[p] (the KL MU numerator's row): F[i] is loaded once and kept in
+    registers, each gathered row G[j] is loaded once for both its dot product and its
+    scaled add. A NaN dot product counts as below eps, as in the loop kernel."""
+    if not _typing_ok(rank, F, G, out) or eps != G.dtype:
+        return None
+    sig = types.void(out, i, F, G, indices, data, start, end, nnz, spill, eps, rank)
+
+    def codegen(context, builder, signature, args):
+        t = signature.args
+        code = _RowCode(context, builder, t[3], args[3], t[4], args[4], t[5], args[5],
+                        (t[6], args[6]), (t[7], args[7]), (t[8], args[8]), (t[9], args[9]),
+                        rank.literal_value)
+        row = context.cast(builder, args[1], t[1], types.intp)
+        f = code.load_row(code.row(code.array(t[2], args[2]), row))
+        eps_v = args[10]
+        sums = code.sums()
+
+        def body(p, g_row):
+            g = code.load_row(g_row)
+            wh = code.dot(f, g)
+            wh = builder.select(builder.fcmp_ordered(">", wh, eps_v), wh, eps_v)
+            code.add_scaled(sums, builder.fdiv(code.value(p), wh, flags=FLAGS), g)
+
+        code.over_nonzeros(body)
+        code.store_row(code.row(code.array(t[0], args[0]), row),
+                       [builder.load(acc) for acc in sums])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
