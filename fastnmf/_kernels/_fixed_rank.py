@@ -88,25 +88,26 @@ class _RowCode:
     """IR for one CSR row of a fixed-rank kernel: the row's loop over its nonzeros, the
     prefetch of the gathered rows, and loads and stores of factor rows as vector pieces."""
 
-    def __init__(self, context, builder, B_type, B, indices_type, indices, data_type, data,
-                 start, end, nnz, spill, r):
+    def __init__(self, context, builder, signature, args, r, B, indices, data, start, end,
+                 nnz, spill):
+        """``B`` ... ``spill``: the positions of those arguments of the intrinsic."""
         self.context, self.builder = context, builder
         self.i64 = ir.IntType(64)
         self.i8p = ir.IntType(8).as_pointer()
-        self.dtype = B_type.dtype
+        tys = signature.args
+        self.dtype = tys[B].dtype
         self.itemsize = self.dtype.bitwidth // 8
         ftype = context.get_value_type(self.dtype)
         self.pieces = [(k * self.itemsize, ftype if w == 1 else ir.VectorType(ftype, w))
                        for k, w in row_pieces(r, self.itemsize)]
         self.span = r * self.itemsize
-        self.B = self.array(B_type, B)
-        self.indices = context.make_array(indices_type)(context, builder, indices).data
-        self.data = context.make_array(data_type)(context, builder, data).data
-        self.data_dtype = data_type.dtype
-        self.start = context.cast(builder, start[1], start[0], types.intp)
-        self.end = context.cast(builder, end[1], end[0], types.intp)
-        self.nnz = context.cast(builder, nnz[1], nnz[0], types.intp)
-        self.spill = context.cast(builder, spill[1], spill[0], types.boolean)
+        self.B = self.array(tys[B], args[B])
+        self.indices = context.make_array(tys[indices])(context, builder, args[indices]).data
+        self.data = context.make_array(tys[data])(context, builder, args[data]).data
+        self.data_dtype = tys[data].dtype
+        self.start, self.end, self.nnz = (context.cast(builder, args[k], tys[k], types.intp)
+                                          for k in (start, end, nnz))
+        self.spill = context.cast(builder, args[spill], tys[spill], types.boolean)
 
     def array(self, ary_type, value):
         """(first byte, row stride) of a C-contiguous 2-D array."""
@@ -238,9 +239,8 @@ def gather_row_sum(typingctx, out, i, B, indices, data, start, end, nnz, spill, 
 
     def codegen(context, builder, signature, args):
         t = signature.args
-        code = _RowCode(context, builder, t[2], args[2], t[3], args[3], t[4], args[4],
-                        (t[5], args[5]), (t[6], args[6]), (t[7], args[7]), (t[8], args[8]),
-                        rank.literal_value)
+        code = _RowCode(context, builder, signature, args, rank.literal_value, B=2, indices=3,
+                        data=4, start=5, end=6, nnz=7, spill=8)
         sums = code.sums()
         row = context.cast(builder, args[1], t[1], types.intp)
         out = code.array(t[0], args[0])
@@ -265,9 +265,8 @@ def kl_row_numerator(typingctx, out, i, F, G, indices, data, start, end, nnz, sp
 
     def codegen(context, builder, signature, args):
         t = signature.args
-        code = _RowCode(context, builder, t[3], args[3], t[4], args[4], t[5], args[5],
-                        (t[6], args[6]), (t[7], args[7]), (t[8], args[8]), (t[9], args[9]),
-                        rank.literal_value)
+        code = _RowCode(context, builder, signature, args, rank.literal_value, B=3, indices=4,
+                        data=5, start=6, end=7, nnz=8, spill=9)
         row = context.cast(builder, args[1], t[1], types.intp)
         f = code.load_row(code.row(code.array(t[2], args[2]), row))
         eps_v = args[10]
