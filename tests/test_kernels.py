@@ -408,6 +408,8 @@ def test_rank_kernel_compiles_each_rank_once():
     types = tuple(numba.typeof(a) for a in (A.indptr, A.indices, A.data, B, B))
     literals = [s[-1].literal_value for s in kern.signatures if tuple(s[:-1]) == types]
     assert sorted(set(literals)) == sorted(literals) and {7, 9} <= set(literals)
+    # cached on disk like every kernel (one compile per rank per machine, not per process)
+    assert type(kern.dispatcher._cache).__name__ == "FunctionCache"
 
 
 def placed(F, offset):
