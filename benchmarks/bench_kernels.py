@@ -47,10 +47,14 @@ WORK = {
     "csr_times_dense_T": "out = X^T @ W (CSR of X^T): 2 nnz r flops; nnz (s + i) + m r s + n r s",
     "csr_times_dense_loop": "X @ Ht by the loop kernel (rows above 512 bytes, any layout): "
                             "2 nnz r flops; nnz (s + i) + m r s + n r s bytes",
+    "csr_times_dense_add": "out += X @ Ht (a later panel of X^T): 2 nnz r flops; "
+                           "nnz (s + i) + 2 m r s + n r s bytes",
     "csr_kl_numerator": "(X / WH) @ Ht at the nonzeros: nnz (4 r + 1) flops; "
                         "nnz (s + i) + 2 m r s + n r s bytes",
     "csr_kl_numerator_loop": "the KL numerator by the loop kernel: nnz (4 r + 1) flops; "
                              "nnz (s + i) + 2 m r s + n r s bytes",
+    "csr_kl_numerator_add": "out += the KL numerator (a later panel of X^T): nnz (4 r + 1) "
+                            "flops; nnz (s + i) + 3 m r s + n r s bytes",
     "csr_kl_loss_rows": "KL loss per row over the nonzeros: 2 nnz r flops; "
                         "nnz (s + i) + m r s + n r s + 8 m bytes",
     "csr_beta_all_entries": "beta = 1.5 MU terms over all m n entries: 6 m n r flops; "
@@ -183,7 +187,8 @@ class SparseKernels(_KernelBench):
     """fastnmf._kernels.sparse on power-law CSR count matrices (_common.SPARSE_SIZES; the
     all-entries kernel on _common.ALL_ENTRIES_SIZES), r = KERNEL_RANK."""
     params = [["csr_times_dense", "csr_times_dense_T", "csr_times_dense_loop",
-               "csr_kl_numerator", "csr_kl_numerator_loop", "csr_kl_loss_rows",
+               "csr_times_dense_add", "csr_kl_numerator", "csr_kl_numerator_loop",
+               "csr_kl_numerator_add", "csr_kl_loss_rows",
                "csr_beta_all_entries", "csr_beta_all_entries_loss"],
               list(c.DTYPES), list(c.KERNEL_SIZES)]
 
@@ -202,8 +207,8 @@ class SparseKernels(_KernelBench):
         base = nz * (s + X.indices.itemsize) + (m + 1) * X.indptr.itemsize
         factors = (m + n) * R * s
         rows = np.empty(m, dtype=np.float64)
-        if kernel in ("csr_times_dense", "csr_times_dense_loop"):
-            f, out = _kernel("sparse", kernel), np.empty_like(W)
+        if kernel in ("csr_times_dense", "csr_times_dense_loop", "csr_times_dense_add"):
+            f, out = _kernel("sparse", kernel), np.zeros_like(W)
             return (lambda: f(X.indptr, X.indices, X.data, Ht, out),
                     2 * nz * R, base + factors)
         if kernel == "csr_times_dense_T":
@@ -213,8 +218,8 @@ class SparseKernels(_KernelBench):
             return (lambda: f(XT.indptr, XT.indices, XT.data, W, out),
                     2 * nz * R, nz * (s + XT.indices.itemsize) + (n + 1) * XT.indptr.itemsize
                     + factors)
-        if kernel in ("csr_kl_numerator", "csr_kl_numerator_loop"):
-            f, out, eps = _kernel("sparse", kernel), np.empty_like(W), _eps(dtype, 1.0)
+        if kernel in ("csr_kl_numerator", "csr_kl_numerator_loop", "csr_kl_numerator_add"):
+            f, out, eps = _kernel("sparse", kernel), np.zeros_like(W), _eps(dtype, 1.0)
             return (lambda: f(X.indptr, X.indices, X.data, W, Ht, eps, out),
                     nz * (4 * R + 1), base + factors + m * R * s)
         if kernel == "csr_kl_loss_rows":

@@ -93,6 +93,13 @@ def start(X, r, dtype, seed=0):
     return W, Ht
 
 
+def kl_side_h(panels, Ht, W, eps, out):
+    """The KL numerator of side H over X^T's panels, as ``CsrOperator.beta_terms`` runs it."""
+    ks.csr_kl_numerator(*panels[0], Ht, W, eps, out)
+    for panel in panels[1:]:
+        ks.csr_kl_numerator_add(*panel, Ht, W, eps, out)
+
+
 def kernel_cases(X, op, W, Ht, all_entry_rows):
     """name -> (callable, flops per call, compulsory bytes per call or None)."""
     dtype = X.dtype
@@ -101,7 +108,7 @@ def kernel_cases(X, op, W, Ht, all_entry_rows):
     m, n = X.shape
     r = W.shape[1]
     nnz = X.nnz
-    XT = op.XT
+    panels = op.panels(W)    # X^T as the fits keep it (in column panels where W is large)
     eps = wh_guard(dtype, 1.0)
     o_m, o_n = np.empty_like(W), np.empty_like(Ht)
     rows = np.empty(max(m, n))
@@ -124,15 +131,13 @@ def kernel_cases(X, op, W, Ht, all_entry_rows):
         "X Ht (csr_times_dense)": (
             lambda: ks.csr_times_dense(X.indptr, X.indices, X.data, Ht, o_m),
             2 * nnz * r, prod_bytes),
-        "X^T W (csr_times_dense on X^T)": (
-            lambda: ks.csr_times_dense(XT.indptr, XT.indices, XT.data, W, o_n),
-            2 * nnz * r, prod_bytes),
+        f"X^T W (on X^T, {len(panels)} panel{'s' if len(panels) > 1 else ''})": (
+            lambda: op.product("H", W, o_n), 2 * nnz * r, prod_bytes),
         "KL numerator, side W": (
             lambda: ks.csr_kl_numerator(X.indptr, X.indices, X.data, W, Ht, eps, o_m),
             4 * nnz * r, prod_bytes + m * r * s),
         "KL numerator, side H": (
-            lambda: ks.csr_kl_numerator(XT.indptr, XT.indices, XT.data, Ht, W, eps, o_n),
-            4 * nnz * r, prod_bytes + n * r * s),
+            lambda: kl_side_h(panels, Ht, W, eps, o_n), 4 * nnz * r, prod_bytes + n * r * s),
         "KL loss rows": (
             lambda: ks.csr_kl_loss_rows(X.indptr, X.indices, X.data, W, Ht, eps, rows),
             2 * nnz * r, None),

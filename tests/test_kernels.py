@@ -18,7 +18,7 @@ try:  # tests/ as a package or as a plain rootdir-inserted folder
 except ImportError:
     import reference as ref
 
-from fastnmf._data import CsrOperator, DenseOperator, make_operator
+from fastnmf._data import CsrOperator, DenseOperator, make_operator, wh_guard
 from fastnmf._kernels import _fixed_rank
 from fastnmf._kernels import dense as kd
 from fastnmf._kernels import factor as kf
@@ -1287,6 +1287,88 @@ def test_csr_bitwise_identical_across_threads(dtype, idx_dtype):
         assert a.dtype == b.dtype
         assert np.array_equal(a, b), f"output #{k} differs between 1 and 2 threads"
         assert a.tobytes() == b.tobytes(), f"output #{k} differs bitwise (e.g. -0.0 vs 0.0)"
+
+
+def test_transposed_panels_are_x_transposed():
+    """Concatenated row by row, the panels are X^T exactly: global, sorted column indices,
+    the same values; for several panels one shared indices and one data array of X's nnz."""
+    from fastnmf._data import transposed_panels
+    A = make_csr(make_X(np.float64), np.int32, explicit_zeros=2)
+    XT = csr_transpose(A, np.int32)
+    for count in (1, 2, 5, M):
+        panels = transposed_panels(A, count)
+        assert len(panels) == count
+        for j in range(N):
+            cols = np.concatenate([ind[ptr[j]:ptr[j + 1]] for ptr, ind, _ in panels])
+            vals = np.concatenate([dat[ptr[j]:ptr[j + 1]] for ptr, _, dat in panels])
+            assert np.array_equal(cols, XT.indices[XT.indptr[j]:XT.indptr[j + 1]])
+            assert np.array_equal(vals, XT.data[XT.indptr[j]:XT.indptr[j + 1]])
+        if count > 1:
+            assert all(p[1].base is panels[0][1].base is not None for p in panels)
+            assert all(p[2].base is panels[0][2].base is not None for p in panels)
+            assert sum(p[1].size for p in panels) == A.nnz
+
+
+def test_panel_count_rule():
+    """ceil(G's bytes / PANEL_BYTES) panels for rows of the fixed-rank kernels while X^T W
+    stays within PANEL_OUT_BYTES; one panel otherwise."""
+    from fastnmf._data import PANEL_BYTES, panel_count
+    big = np.zeros((300_000, 32))
+    assert panel_count(300_000, 50_000, big) == -(-big.nbytes // PANEL_BYTES) == 13
+    assert panel_count(300_000, 50_000, big.astype(np.float32)) == 7
+    assert panel_count(50_000, 20_000, np.zeros((50_000, 20))) == 2
+    assert panel_count(50_000, 20_000, np.zeros((50_000, 20), np.float32)) == 1
+    assert panel_count(2_000_000, 500_000, np.zeros((2_000_000, 20))) == 1   # X^T W 80 MB
+    assert panel_count(300_000, 5_000, np.zeros((300_000, 65))) == 1         # loop kernels
+    assert panel_count(300_000, 5_000, np.asfortranarray(big)) == 1
+    assert panel_count(30, 20, np.zeros((30, 4))) == 1
+
+
+def _csr_steps_in_panels(dtype, monkeypatch):
+    import fastnmf._data as D
+    monkeypatch.setattr(D, "PANEL_BYTES", 64)    # a panel per 2 (float64) or 4 rows of W
+    A = make_csr(make_X(dtype), np.int32, explicit_zeros=2)
+    op = make_operator(check_X(A, 1.0))
+    W = make_factor(M, dtype, 10, guard_rows=True)
+    Ht = make_factor(N, dtype, 11, guard_rows=True)
+    results = [op.product("H", W, np.full_like(Ht, np.nan))]
+    assert len(op.panels()) == D.panel_count(M, N, W) == -(-W.nbytes // 64) > 5
+    num, den = np.full_like(Ht, np.nan), np.empty_like(Ht)
+    op.beta_terms("H", Ht, W, 1.0, num, den)
+    results.append(num)
+    for cls, beta in ((MU, 1.0), (MU, 2.0), (HALS, 2.0)):
+        s = cls(op, W.copy(), Ht.copy(), beta, Penalty(l1_W=0.5, l2_H=0.5))
+        for _ in range(3):
+            obj = s.step(True)
+        results += [s.W, s.Ht, np.array(obj)]
+    return A, W, Ht, results
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_csr_operator_in_panels(dtype, monkeypatch):
+    """X^T in 8-15 column panels: X^T W and the KL numerator of side H against the NumPy
+    references, and every product, term and solver step bitwise the same at 1 and 2
+    threads; the steps agree with the one-piece operator's to rounding."""
+    with numba_threads(1):
+        A, W, Ht, one = _csr_steps_in_panels(dtype, monkeypatch)
+    with numba_threads(2):
+        _, _, _, two = _csr_steps_in_panels(dtype, monkeypatch)
+    AT = csr_transpose(A, np.int32)
+    assert_close(one[0], ref.product(AT, W), RTOL[dtype], "X^T W in panels")
+    eps = wh_guard(np.dtype(dtype), 1.0)   # the operator's guard
+    assert_close(one[1], ref.kl_numerator(AT, Ht, W, float(eps)), RTOL[dtype],
+                 "KL numerator in panels")
+    for k, (a, b) in enumerate(zip(one, two)):
+        assert a.tobytes() == b.tobytes(), f"output #{k} differs between 1 and 2 threads"
+    monkeypatch.undo()
+    op = make_operator(check_X(A, 1.0))
+    for k, (cls, beta) in enumerate(((MU, 1.0), (MU, 2.0), (HALS, 2.0))):
+        s = cls(op, W.copy(), Ht.copy(), beta, Penalty(l1_W=0.5, l2_H=0.5))
+        for _ in range(3):
+            s.step(True)
+        assert len(op.panels()) == 1
+        assert_close(one[2 + 3 * k], s.W, RTOL_STEP[dtype], f"{cls.__name__} {beta} W")
+        assert_close(one[3 + 3 * k], s.Ht, RTOL_STEP[dtype], f"{cls.__name__} {beta} Ht")
 
 
 def test_thread_count_restored():

@@ -142,10 +142,11 @@ class _RowCode:
         for (o, t), v in zip(self.pieces, values):
             self.builder.store(v, self.pointer(row_address, o, t), align=self.itemsize)
 
-    def sums(self):
-        """One zeroed accumulator (an alloca LLVM keeps in a register) per piece."""
-        return [cgutils.alloca_once_value(self.builder, ir.Constant(t, None))
-                for _, t in self.pieces]
+    def sums(self, start=None):
+        """One accumulator (an alloca LLVM keeps in a register) per piece, holding zeros or
+        the pieces ``start``."""
+        start = start or [ir.Constant(t, None) for _, t in self.pieces]
+        return [cgutils.alloca_once_value(self.builder, v) for v in start]
 
     def add_scaled(self, sums, x, g):
         """sums += x * g, piece by piece (x a scalar)."""
@@ -228,40 +229,43 @@ class _RowCode:
 
 
 @intrinsic
-def gather_row_sum(typingctx, out, i, B, indices, data, start, end, nnz, spill, rank):
-    """out[i, :] = sum of data[p] * B[indices[p], :] for p in [start, end); r = ``rank`` (a
-    literal integer) = B.shape[1] = out.shape[1]; B and out C-contiguous, of one dtype.
-    Prefetch as in ``_RowCode.over_nonzeros``. No bounds checks: the caller validated the
-    CSR arrays."""
-    if not _typing_ok(rank, B, out):
+def gather_row_sum(typingctx, out, i, B, indices, data, start, end, nnz, spill, add, rank):
+    """out[i, :] = sum of data[p] * B[indices[p], :] for p in [start, end), added to out[i]
+    if ``add`` (a literal boolean: the sums then start from out[i], for the panels of
+    ``CsrOperator``); r = ``rank`` (a literal integer) = B.shape[1] = out.shape[1]; B and
+    out C-contiguous, of one dtype. Prefetch as in ``_RowCode.over_nonzeros``. No bounds
+    checks: the caller validated the CSR arrays."""
+    if not _typing_ok(rank, B, out) or not isinstance(add, types.BooleanLiteral):
         return None
-    sig = types.void(out, i, B, indices, data, start, end, nnz, spill, rank)
+    sig = types.void(out, i, B, indices, data, start, end, nnz, spill, add, rank)
 
     def codegen(context, builder, signature, args):
         t = signature.args
         code = _RowCode(context, builder, signature, args, rank.literal_value, B=2, indices=3,
                         data=4, start=5, end=6, nnz=7, spill=8)
-        sums = code.sums()
         row = context.cast(builder, args[1], t[1], types.intp)
-        out = code.array(t[0], args[0])
+        out_row = code.row(code.array(t[0], args[0]), row)
+        sums = code.sums(code.load_row(out_row) if add.literal_value else None)
         code.over_nonzeros(lambda p, g_row: code.add_scaled(sums, code.value(p),
                                                             code.load_row(g_row)))
-        code.store_row(code.row(out, row), [builder.load(acc) for acc in sums])
+        code.store_row(out_row, [builder.load(acc) for acc in sums])
         return context.get_dummy_value()
 
     return sig, codegen
 
 
 @intrinsic
-def kl_row_numerator(typingctx, out, i, F, G, indices, data, start, end, nnz, spill, eps,
+def kl_row_numerator(typingctx, out, i, F, G, indices, data, start, end, nnz, spill, eps, add,
                      rank):
     """out[i, :] = sum over p in [start, end) of data[p] / max(F[i] . G[j], eps) * G[j]
-    with j = indices[p] (the KL MU numerator's row): F[i] is loaded once and kept in
-    registers, each gathered row G[j] is loaded once for both its dot product and its
-    scaled add. A NaN dot product counts as below eps, as in the loop kernel."""
-    if not _typing_ok(rank, F, G, out) or eps != G.dtype:
+    with j = indices[p] (the KL MU numerator's row), added to out[i] if ``add`` (as in
+    ``gather_row_sum``): F[i] is loaded once and kept in registers, each gathered row G[j]
+    is loaded once for both its dot product and its scaled add. A NaN dot product counts as
+    below eps, as in the loop kernel."""
+    if (not _typing_ok(rank, F, G, out) or eps != G.dtype
+            or not isinstance(add, types.BooleanLiteral)):
         return None
-    sig = types.void(out, i, F, G, indices, data, start, end, nnz, spill, eps, rank)
+    sig = types.void(out, i, F, G, indices, data, start, end, nnz, spill, eps, add, rank)
 
     def codegen(context, builder, signature, args):
         t = signature.args
@@ -269,8 +273,9 @@ def kl_row_numerator(typingctx, out, i, F, G, indices, data, start, end, nnz, sp
                         data=5, start=6, end=7, nnz=8, spill=9)
         row = context.cast(builder, args[1], t[1], types.intp)
         f = code.load_row(code.row(code.array(t[2], args[2]), row))
+        out_row = code.row(code.array(t[0], args[0]), row)
         eps_v = args[10]
-        sums = code.sums()
+        sums = code.sums(code.load_row(out_row) if add.literal_value else None)
 
         def body(p, g_row):
             g = code.load_row(g_row)
@@ -279,9 +284,7 @@ def kl_row_numerator(typingctx, out, i, F, G, indices, data, start, end, nnz, sp
             code.add_scaled(sums, builder.fdiv(code.value(p), wh, flags=FLAGS), g)
 
         code.over_nonzeros(body)
-        code.store_row(code.row(code.array(t[0], args[0]), row),
-                       [builder.load(acc) for acc in sums])
+        code.store_row(out_row, [builder.load(acc) for acc in sums])
         return context.get_dummy_value()
 
     return sig, codegen
-

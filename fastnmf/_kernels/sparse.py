@@ -77,7 +77,7 @@ def kl_nonzero_term(x, wh, eps):
     return xf * math.log(xf / float(wh)) - xf
 
 
-def _fixed_rank_rows(*rows):
+def fixed_rank_rows(*rows):
     """Whether the fixed-rank kernels take these factor-row arrays: 2-D, C-contiguous, of
     one dtype, rows of at most ``_fixed_rank.MAX_ROW_BYTES``. Otherwise the loop kernels."""
     first = rows[0]
@@ -88,8 +88,8 @@ def _fixed_rank_rows(*rows):
 
 def csr_times_dense(indptr, indices, data, B, out):
     """out = A @ B for CSR A (m x n) and dense B (n x r): ``csr_times_dense_fixed`` where
-    ``_fixed_rank_rows``, else ``csr_times_dense_loop``."""
-    if _fixed_rank_rows(B, out):
+    ``fixed_rank_rows``, else ``csr_times_dense_loop``."""
+    if fixed_rank_rows(B, out):
         return csr_times_dense_fixed(indptr, indices, data, B, out)
     return csr_times_dense_loop(indptr, indices, data, B, out)
 
@@ -104,7 +104,20 @@ def csr_times_dense_fixed(indptr, indices, data, B, out, rank):
     for c in prange(bounds.shape[0] - 1):
         for i in range(bounds[c], bounds[c + 1]):
             gather_row_sum(out, i, B, indices, data, U(indptr[i]), U(indptr[i + 1]), nnz,
-                           spill, rank)
+                           spill, False, rank)
+
+
+@rank_kernel
+def csr_times_dense_add(indptr, indices, data, B, out, rank):
+    """out += A @ B, as ``csr_times_dense_fixed`` with each row's sums starting from out[i]
+    (the panels of ``CsrOperator``: only where ``fixed_rank_rows(B, out)``)."""
+    nnz = U(indptr[indptr.shape[0] - 1])
+    spill = spills(B, U(rank) * U(B.itemsize))
+    bounds = row_chunks(indptr, N_CHUNKS)
+    for c in prange(bounds.shape[0] - 1):
+        for i in range(bounds[c], bounds[c + 1]):
+            gather_row_sum(out, i, B, indices, data, U(indptr[i]), U(indptr[i + 1]), nnz,
+                           spill, True, rank)
 
 
 @row_kernel
@@ -155,8 +168,8 @@ def csr_times_dense_loop(indptr, indices, data, B, out):
 
 def csr_kl_numerator(indptr, indices, data, F, G, eps, out):
     """out[i] = sum over nonzeros j of x_ij / max(F_i . G_j, eps) * G_j (the KL MU numerator):
-    ``csr_kl_numerator_fixed`` where ``_fixed_rank_rows``, else ``csr_kl_numerator_loop``."""
-    if _fixed_rank_rows(F, G, out):
+    ``csr_kl_numerator_fixed`` where ``fixed_rank_rows``, else ``csr_kl_numerator_loop``."""
+    if fixed_rank_rows(F, G, out):
         return csr_kl_numerator_fixed(indptr, indices, data, F, G, eps, out)
     return csr_kl_numerator_loop(indptr, indices, data, F, G, eps, out)
 
@@ -171,7 +184,20 @@ def csr_kl_numerator_fixed(indptr, indices, data, F, G, eps, out, rank):
     for c in prange(bounds.shape[0] - 1):
         for i in range(bounds[c], bounds[c + 1]):
             kl_row_numerator(out, i, F, G, indices, data, U(indptr[i]), U(indptr[i + 1]), nnz,
-                             spill, eps, rank)
+                             spill, eps, False, rank)
+
+
+@rank_kernel
+def csr_kl_numerator_add(indptr, indices, data, F, G, eps, out, rank):
+    """out += the KL numerator, as ``csr_kl_numerator_fixed`` with each row's sums starting
+    from out[i] (the panels of ``CsrOperator``: only where ``fixed_rank_rows(F, G, out)``)."""
+    nnz = U(indptr[indptr.shape[0] - 1])
+    spill = spills(G, U(rank) * U(G.itemsize))
+    bounds = row_chunks(indptr, N_CHUNKS)
+    for c in prange(bounds.shape[0] - 1):
+        for i in range(bounds[c], bounds[c + 1]):
+            kl_row_numerator(out, i, F, G, indices, data, U(indptr[i]), U(indptr[i + 1]), nnz,
+                             spill, eps, True, rank)
 
 
 @row_kernel
