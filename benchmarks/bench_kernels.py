@@ -79,8 +79,10 @@ WORK = {
                      "flops; m n s + 8 (m + n) r bytes",
     "mu_apply": "F *= num / den over m x r: 4 m r flops; 4 m r s bytes",
     "gram": "F^T F by row blocks in parallel, summed in order: 2 m r^2 flops; m r s bytes",
-    "mu_apply_gram": "Frobenius MU step, den = F @ gram per 64-row block: 2 m r^2 + 5 m r flops; "
-                     "3 m r s + r^2 s bytes",
+    "mu_apply_gram": "Frobenius MU step (at this rank: den = F_i @ gram per row, r fixed): "
+                     "2 m r^2 + 5 m r flops; 3 m r s + r^2 s bytes",
+    "mu_apply_gram_blocks": "Frobenius MU step, den = F @ gram per 64-row block: 2 m r^2 + "
+                            "5 m r flops; 3 m r s + r^2 s bytes",
     "hals_sweeps": "3 HALS sweeps over the rows of F (m x r): 3 m (2 r^2 + 4 r) flops; "
                    "3 m r s + r^2 s bytes",
 }
@@ -340,7 +342,8 @@ class DenseKernels(_KernelBench):
 @c.with_attrs(c.KERNEL_ATTRS)
 class FactorKernels(_KernelBench):
     """fastnmf._kernels.factor on an m x r factor, m = the rows of the sparse size."""
-    params = [["mu_apply", "mu_apply_gram", "gram", "hals_sweeps"], list(c.DTYPES),
+    params = [["mu_apply", "mu_apply_gram", "mu_apply_gram_blocks", "gram", "hals_sweeps"],
+              list(c.DTYPES),
               list(c.KERNEL_SIZES)]
     sweeps = 3
 
@@ -360,8 +363,8 @@ class FactorKernels(_KernelBench):
             num = den.copy()              # ratio 1: F stays bounded over any number of calls
             tiny, zero, one = T(np.sqrt(np.finfo(dtype).tiny)), T(0), T(1)
             return lambda: f(F, num, den, zero, zero, one, tiny), 4 * m * R, 4 * m * R * s
-        if kernel == "mu_apply_gram":
-            f = _kernel("factor", "mu_apply_gram")
+        if kernel in ("mu_apply_gram", "mu_apply_gram_blocks"):
+            f = _kernel("factor", kernel)
             G = c.positive_factor(4 * R, R, dtype, seed=5)
             gram = np.ascontiguousarray(G.T @ G)
             num = np.ascontiguousarray(F0 @ gram)   # ratio ~1: F stays bounded

@@ -361,6 +361,37 @@ def test_csr_kl_numerator_every_rank(dtype, idx_dtype):
         assert_close(out, ref.kl_numerator(A, F, G, float(eps)), RTOL[dtype], f"r = {r}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_mu_apply_gram_every_rank(dtype, threads):
+    """The Frobenius step at every rank up to and past the fixed-rank limit (the per-row
+    denominator below it, the blocked GEMM above; gamma != 1 always the blocks) against the
+    reference step with den from NumPy; zero rows, zero entries and a NaN in num."""
+    T = np.dtype(dtype).type
+    rng = np.random.default_rng(12)
+    limit = _fixed_rank.MU_ROW_MAX_RANK[np.dtype(dtype).itemsize]
+    for r in list(range(1, 14)) + [limit - 1, limit, limit + 1, 32]:
+        for gamma in (1.0, 0.5):
+            F = rng.uniform(0.1, 2.0, (130, r)).astype(dtype)
+            G = rng.uniform(0.0, 1.0, (9, r))
+            gram = np.ascontiguousarray(G.T @ G, dtype=dtype)
+            num = rng.uniform(0.0, 5.0, (130, r)).astype(dtype)
+            F[0, :] = 0
+            F[-1, r - 1] = 0
+            num[5, 0] = np.nan
+            tiny = T(1e-6)
+            den = F.astype(np.float64) @ gram.astype(np.float64)
+            expected = ref.mu_factor_step(F, num, den, 0.7, 1.3, gamma, float(tiny))
+            before = len(kf.mu_apply_gram_fixed.signatures)
+            kf.mu_apply_gram(F, num, gram, T(0.7), T(1.3), T(gamma), tiny)
+            ok = ~np.isnan(expected)
+            assert np.array_equal(np.isnan(F), ~ok), (r, gamma)
+            assert_close(np.where(ok, F, 0), np.where(ok, expected, 0), RTOL[dtype],
+                         f"r = {r}, gamma = {gamma}")
+            assert F[-1, r - 1] == 0
+            if gamma != 1 or r > limit:
+                assert len(kf.mu_apply_gram_fixed.signatures) == before
+
+
 def test_fixed_rank_row_pieces():
     """32-byte vectors first, then one 16-byte vector, then single elements; they tile the
     row exactly."""
@@ -1397,7 +1428,8 @@ KERNELS = {
     "dense_beta_blocks": kd.dense_beta_blocks,
     "mu_apply": kf.mu_apply,
     "gram": kf.gram,
-    "mu_apply_gram": kf.mu_apply_gram,
+    "mu_apply_gram_fixed": kf.mu_apply_gram_fixed,
+    "mu_apply_gram_blocks": kf.mu_apply_gram_blocks,
     "hals_sweeps": kf.hals_sweeps,
 }
 

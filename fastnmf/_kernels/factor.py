@@ -13,7 +13,8 @@ race and the result does not depend on the thread count.
 import numpy as np
 from numba import prange
 
-from .._jit import inline_helper, parallel_kernel, row_kernel
+from .._jit import inline_helper, parallel_kernel, rank_kernel, row_kernel
+from ._fixed_rank import MU_ROW_MAX_RANK, mu_gram_row
 from ._scalar import eight_dots, four_dots, row_dot
 
 
@@ -78,8 +79,32 @@ def gram(G, out):
 MU_BLOCK = 64  # rows per task of mu_apply_gram: one small GEMM each
 
 
-@parallel_kernel
 def mu_apply_gram(F, num, gram, l1, l2, gamma, tiny):
+    """The Frobenius MU step F_i <- F_i * (num_i / max(F_i @ gram + l1 + l2 F_i, tiny)) **
+    gamma: ``mu_apply_gram_fixed`` (the denominator per row, r fixed at compile time) for
+    gamma = 1 and C-contiguous arrays of one dtype up to ``_fixed_rank.MU_ROW_MAX_RANK``,
+    else ``mu_apply_gram_blocks`` (one GEMM per 64-row block)."""
+    r = F.shape[1]
+    if (gamma == 1 and r <= MU_ROW_MAX_RANK.get(F.itemsize, 0)
+            and all(a.flags.c_contiguous and a.dtype == F.dtype for a in (F, num, gram))):
+        return mu_apply_gram_fixed(F, num, gram, l1, l2, tiny)
+    return mu_apply_gram_blocks(F, num, gram, l1, l2, gamma, tiny)
+
+
+@rank_kernel
+def mu_apply_gram_fixed(F, num, gram, l1, l2, tiny, rank):
+    """The Frobenius MU step (gamma = 1) with r = ``rank`` fixed at compile time: each row's
+    denominator F_i @ gram from gram's rows (in L1), in vector registers
+    (``_fixed_rank.mu_gram_row``). ``prange`` over fixed 64-row blocks."""
+    normal = np.finfo(F.dtype).tiny
+    m = F.shape[0]
+    for b in prange((m + MU_BLOCK - 1) // MU_BLOCK):
+        for i in range(b * MU_BLOCK, min(m, b * MU_BLOCK + MU_BLOCK)):
+            mu_gram_row(F, i, num, gram, l1, l2, tiny, normal, rank)
+
+
+@parallel_kernel
+def mu_apply_gram_blocks(F, num, gram, l1, l2, gamma, tiny):
     """The Frobenius MU step with its denominator made per block: den_b = F_b @ gram
     (gram = G^T G, r x r), then F_i <- F_i * (num_i / max(den_i + l1 + l2 F_i, tiny)) ** gamma.
 
