@@ -146,12 +146,18 @@ class CsrOperator(_Operator):
             X = self.X
             ks.csr_times_dense(X.indptr, X.indices, X.data, G, out)
             return out
+        return self._over_panels(G, ks.csr_times_dense, ks.csr_times_dense_add, (G,), out)
+
+    def _over_panels(self, G, kernel, kernel_add, args, out):
+        """``kernel(*panel, *args, out)`` on X^T's first panel, ``kernel_add`` (the same,
+        adding to out's rows) on the others; a non-C-contiguous ``out`` is filled through a
+        C-contiguous scratch, which the ``_add`` kernels need."""
         panels = self.panels(G)
         acc = out if len(panels) == 1 or ks.fixed_rank_rows(G, out) else (
             np.empty_like(G, shape=out.shape))
-        ks.csr_times_dense(*panels[0], G, acc)
+        kernel(*panels[0], *args, acc)
         for panel in panels[1:]:
-            ks.csr_times_dense_add(*panel, G, acc)
+            kernel_add(*panel, *args, acc)
         if acc is not out:
             out[...] = acc
         return out
@@ -170,14 +176,8 @@ class CsrOperator(_Operator):
                 X = self.X
                 ks.csr_kl_numerator(X.indptr, X.indices, X.data, F, G, eps, num)
             else:
-                panels = self.panels(G)
-                acc = num if len(panels) == 1 or ks.fixed_rank_rows(F, G, num) else (
-                    np.empty_like(G, shape=num.shape))
-                ks.csr_kl_numerator(*panels[0], F, G, eps, acc)
-                for panel in panels[1:]:
-                    ks.csr_kl_numerator_add(*panel, F, G, eps, acc)
-                if acc is not num:
-                    num[...] = acc
+                self._over_panels(G, ks.csr_kl_numerator, ks.csr_kl_numerator_add,
+                                  (F, G, eps), num)
             den[...] = G.sum(axis=0)
         else:   # all m x n entries per call anyway: X^T in one piece
             A = self.X if side == "W" else self.XT
