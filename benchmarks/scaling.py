@@ -93,13 +93,6 @@ def start(X, r, dtype, seed=0):
     return W, Ht
 
 
-def kl_side_h(panels, Ht, W, eps, out):
-    """The KL numerator of side H over X^T's panels, as ``CsrOperator.beta_terms`` runs it."""
-    ks.csr_kl_numerator(*panels[0], Ht, W, eps, out)
-    for panel in panels[1:]:
-        ks.csr_kl_numerator_add(*panel, Ht, W, eps, out)
-
-
 def kernel_cases(X, op, W, Ht, all_entry_rows):
     """name -> (callable, flops per call, compulsory bytes per call or None)."""
     dtype = X.dtype
@@ -137,7 +130,9 @@ def kernel_cases(X, op, W, Ht, all_entry_rows):
             lambda: ks.csr_kl_numerator(X.indptr, X.indices, X.data, W, Ht, eps, o_m),
             4 * nnz * r, prod_bytes + m * r * s),
         "KL numerator, side H": (
-            lambda: kl_side_h(panels, Ht, W, eps, o_n), 4 * nnz * r, prod_bytes + n * r * s),
+            lambda: op._over_panels(W, ks.csr_kl_numerator, ks.csr_kl_numerator_add,
+                                    (Ht, W, eps), o_n),   # as beta_terms runs it, less den
+            4 * nnz * r, prod_bytes + n * r * s),
         "KL loss rows": (
             lambda: ks.csr_kl_loss_rows(X.indptr, X.indices, X.data, W, Ht, eps, rows),
             2 * nnz * r, None),

@@ -264,9 +264,10 @@ class RankKernel:
     """A ``parallel_kernel`` compiled once per factor rank r: its last parameter is r as a
     literal integer (a compile-time constant to the code it calls, such as the IR of
     ``_kernels._fixed_rank``). A call passes every other argument; r is the row length of
-    the first 2-D array among them. Each (argument types, r) is compiled on first use and
-    cached on disk like every kernel; later calls go straight to its compiled entry point
-    (Numba's own dispatch would retype the literal on every call)."""
+    the first 2-D array among them. A Python ``bool`` argument is a literal too, so each of
+    its values gets its own compiled code. Each (argument types, r) is compiled on first
+    use and cached on disk like every kernel; later calls go straight to its compiled entry
+    point (Numba's own dispatch would retype the literals on every call)."""
 
     def __init__(self, func):
         functools.update_wrapper(self, func)
@@ -288,17 +289,21 @@ class RankKernel:
         key = (r,) + tuple(map(_type_key, args))
         entry = self._entries.get(key)
         if entry is None:
-            sig = tuple(numba.typeof(a) for a in args) + (numba.types.IntegerLiteral(r),)
+            sig = tuple(numba.types.literal(a) if isinstance(a, bool) else numba.typeof(a)
+                        for a in args) + (numba.types.IntegerLiteral(r),)
             entry = self._entries[key] = self.dispatcher.compile(sig)
         return entry(*args, r)
 
 
 def _type_key(a):
     """What decides an argument's Numba type, cheaper than ``numba.typeof`` (40 us per call
-    of a six-array kernel): an array's dtype, rank and flags, else the Python type."""
+    of a six-array kernel): an array's dtype, rank and flags, a bool's value, else the
+    Python type."""
     if isinstance(a, np.ndarray):
         f = a.flags
         return (a.dtype, a.ndim, f.c_contiguous, f.f_contiguous, f.writeable, f.aligned)
+    if isinstance(a, bool):
+        return a                   # a literal: its value decides the compiled code
     return type(a)
 
 

@@ -435,8 +435,9 @@ def test_rank_kernel_compiles_each_rank_once():
     kern = ks.csr_times_dense_fixed
     for r in (7, 7, 9):
         B = np.ones((10, r))
-        kern(A.indptr, A.indices, A.data, B, np.empty((20, r)))
-    types = tuple(numba.typeof(a) for a in (A.indptr, A.indices, A.data, B, B))
+        kern(A.indptr, A.indices, A.data, B, np.empty((20, r)), False)
+    types = tuple(numba.typeof(a) for a in (A.indptr, A.indices, A.data, B, B)) + (
+        numba.types.literal(False),)
     literals = [s[-1].literal_value for s in kern.signatures if tuple(s[:-1]) == types]
     assert sorted(set(literals)) == sorted(literals) and {7, 9} <= set(literals)
     # cached on disk like every kernel (one compile per rank per machine, not per process)

@@ -84,30 +84,21 @@ def _typing_ok(rank, *rows):
     return fits(rank.literal_value, rows[0].dtype.bitwidth // 8)
 
 
-class _RowCode:
-    """IR for one CSR row of a fixed-rank kernel: the row's loop over its nonzeros, the
-    prefetch of the gathered rows, and loads and stores of factor rows as vector pieces."""
+class _Rows:
+    """IR helpers for rows of r elements of one float dtype, cut into ``row_pieces``: row
+    addresses of C-contiguous 2-D arrays, loads and stores of a row as vector pieces, and
+    per-piece accumulators."""
 
-    def __init__(self, context, builder, signature, args, r, B, indices, data, start, end,
-                 nnz, spill):
-        """``B`` ... ``spill``: the positions of those arguments of the intrinsic."""
+    def __init__(self, context, builder, dtype, r):
         self.context, self.builder = context, builder
         self.i64 = ir.IntType(64)
         self.i8p = ir.IntType(8).as_pointer()
-        tys = signature.args
-        self.dtype = tys[B].dtype
-        self.itemsize = self.dtype.bitwidth // 8
-        ftype = context.get_value_type(self.dtype)
+        self.dtype = dtype
+        self.itemsize = dtype.bitwidth // 8
+        ftype = context.get_value_type(dtype)
         self.pieces = [(k * self.itemsize, ftype if w == 1 else ir.VectorType(ftype, w))
                        for k, w in row_pieces(r, self.itemsize)]
         self.span = r * self.itemsize
-        self.B = self.array(tys[B], args[B])
-        self.indices = context.make_array(tys[indices])(context, builder, args[indices]).data
-        self.data = context.make_array(tys[data])(context, builder, args[data]).data
-        self.data_dtype = tys[data].dtype
-        self.start, self.end, self.nnz = (context.cast(builder, args[k], tys[k], types.intp)
-                                          for k in (start, end, nnz))
-        self.spill = context.cast(builder, args[spill], tys[spill], types.boolean)
 
     def array(self, ary_type, value):
         """(first byte, row stride) of a C-contiguous 2-D array."""
@@ -118,16 +109,6 @@ class _RowCode:
     def row(self, array, i):
         """The address of row i (an intp) of an ``array`` pair."""
         return self.builder.gep(array[0], [self.builder.mul(i, array[1])])
-
-    def column(self, p):
-        """indices[p] as a 64-bit integer (the operators validated 0 <= index < n)."""
-        value = self.builder.load(self.builder.gep(self.indices, [p]))
-        return self.builder.zext(value, self.i64) if value.type.width < 64 else value
-
-    def value(self, p):
-        """data[p] in the factors' dtype."""
-        x = self.builder.load(self.builder.gep(self.data, [p]))
-        return self.context.cast(self.builder, x, self.data_dtype, self.dtype)
 
     def pointer(self, row_address, offset, t):
         return self.builder.bitcast(self.builder.gep(row_address, [ir.Constant(self.i64,
@@ -142,18 +123,26 @@ class _RowCode:
         for (o, t), v in zip(self.pieces, values):
             self.builder.store(v, self.pointer(row_address, o, t), align=self.itemsize)
 
-    def sums(self, start=None):
-        """One accumulator (an alloca LLVM keeps in a register) per piece, holding zeros or
-        the pieces ``start``."""
-        start = start or [ir.Constant(t, None) for _, t in self.pieces]
-        return [cgutils.alloca_once_value(self.builder, v) for v in start]
+    def sums(self):
+        """One zeroed accumulator (an alloca LLVM keeps in a register) per piece."""
+        return [cgutils.alloca_once_value(self.builder, ir.Constant(t, None))
+                for _, t in self.pieces]
+
+    def splat(self, x, t):
+        """Scalar x as piece type t (a vector of x, or x itself)."""
+        return _splat(self.builder, x, t) if isinstance(t, ir.VectorType) else x
 
     def add_scaled(self, sums, x, g):
         """sums += x * g, piece by piece (x a scalar)."""
         b = self.builder
         for (_, t), acc, gv in zip(self.pieces, sums, g):
-            xs = _splat(b, x, t) if isinstance(t, ir.VectorType) else x
-            b.store(b.fadd(b.load(acc), b.fmul(xs, gv, flags=FLAGS), flags=FLAGS), acc)
+            b.store(b.fadd(b.load(acc), b.fmul(self.splat(x, t), gv, flags=FLAGS),
+                           flags=FLAGS), acc)
+
+    def load_into(self, sums, row_address):
+        """sums = the pieces of the row at ``row_address``."""
+        for acc, v in zip(sums, self.load_row(row_address)):
+            self.builder.store(v, acc)
 
     def dot(self, f, g):
         """sum(f * g) over the row: the products of pieces of one width added pairwise into
@@ -195,6 +184,33 @@ class _RowCode:
         hi = b.shuffle_vector(v, v, ir.Constant(lanes, list(range(n, 2 * n))))
         return b.fadd(lo, hi, flags=FLAGS)
 
+class _RowCode(_Rows):
+    """IR for one CSR row of a fixed-rank kernel: the row's loop over its nonzeros and the
+    prefetch of the gathered rows of B."""
+
+    def __init__(self, context, builder, signature, args, r, B, indices, data, start, end,
+                 nnz, spill):
+        """``B`` ... ``spill``: the positions of those arguments of the intrinsic."""
+        tys = signature.args
+        super().__init__(context, builder, tys[B].dtype, r)
+        self.B = self.array(tys[B], args[B])
+        self.indices = context.make_array(tys[indices])(context, builder, args[indices]).data
+        self.data = context.make_array(tys[data])(context, builder, args[data]).data
+        self.data_dtype = tys[data].dtype
+        self.start, self.end, self.nnz = (context.cast(builder, args[k], tys[k], types.intp)
+                                          for k in (start, end, nnz))
+        self.spill = context.cast(builder, args[spill], tys[spill], types.boolean)
+
+    def column(self, p):
+        """indices[p] as a 64-bit integer (the operators validated 0 <= index < n)."""
+        value = self.builder.load(self.builder.gep(self.indices, [p]))
+        return self.builder.zext(value, self.i64) if value.type.width < 64 else value
+
+    def value(self, p):
+        """data[p] in the factors' dtype."""
+        x = self.builder.load(self.builder.gep(self.data, [p]))
+        return self.context.cast(self.builder, x, self.data_dtype, self.dtype)
+
     def over_nonzeros(self, body):
         """``body(p, address of B's row indices[p])`` for the row's nonzeros p in [start,
         end), in order, each after the hint for the gathered row of nonzero p +
@@ -228,14 +244,21 @@ class _RowCode:
                 _prefetch(b, b.gep(a, [ir.Constant(i64, self.span - 1)]))
 
 
+def _flag_ok(add):
+    """``add`` is a literal boolean (a compile-time constant: ``_jit.RankKernel`` compiles
+    each value of a bool argument apart). Read at run time it cost 5-18% (a branch per row
+    in front of the sums)."""
+    return isinstance(add, types.BooleanLiteral)
+
+
 @intrinsic
 def gather_row_sum(typingctx, out, i, B, indices, data, start, end, nnz, spill, add, rank):
     """out[i, :] = sum of data[p] * B[indices[p], :] for p in [start, end), added to out[i]
-    if ``add`` (a literal boolean: the sums then start from out[i], for the panels of
-    ``CsrOperator``); r = ``rank`` (a literal integer) = B.shape[1] = out.shape[1]; B and
-    out C-contiguous, of one dtype. Prefetch as in ``_RowCode.over_nonzeros``. No bounds
-    checks: the caller validated the CSR arrays."""
-    if not _typing_ok(rank, B, out) or not isinstance(add, types.BooleanLiteral):
+    where the boolean ``add`` holds (the sums then start from out[i]: the later column
+    panels of ``CsrOperator``); r = ``rank`` (a literal integer) = B.shape[1] =
+    out.shape[1]; B and out C-contiguous, of one dtype. Prefetch as in
+    ``_RowCode.over_nonzeros``. No bounds checks: the caller validated the CSR arrays."""
+    if not _typing_ok(rank, B, out) or not _flag_ok(add):
         return None
     sig = types.void(out, i, B, indices, data, start, end, nnz, spill, add, rank)
 
@@ -245,7 +268,9 @@ def gather_row_sum(typingctx, out, i, B, indices, data, start, end, nnz, spill, 
                         data=4, start=5, end=6, nnz=7, spill=8)
         row = context.cast(builder, args[1], t[1], types.intp)
         out_row = code.row(code.array(t[0], args[0]), row)
-        sums = code.sums(code.load_row(out_row) if add.literal_value else None)
+        sums = code.sums()
+        if add.literal_value:
+            code.load_into(sums, out_row)
         code.over_nonzeros(lambda p, g_row: code.add_scaled(sums, code.value(p),
                                                             code.load_row(g_row)))
         code.store_row(out_row, [builder.load(acc) for acc in sums])
@@ -258,12 +283,11 @@ def gather_row_sum(typingctx, out, i, B, indices, data, start, end, nnz, spill, 
 def kl_row_numerator(typingctx, out, i, F, G, indices, data, start, end, nnz, spill, eps, add,
                      rank):
     """out[i, :] = sum over p in [start, end) of data[p] / max(F[i] . G[j], eps) * G[j]
-    with j = indices[p] (the KL MU numerator's row), added to out[i] if ``add`` (as in
-    ``gather_row_sum``): F[i] is loaded once and kept in registers, each gathered row G[j]
-    is loaded once for both its dot product and its scaled add. A NaN dot product counts as
-    below eps, as in the loop kernel."""
-    if (not _typing_ok(rank, F, G, out) or eps != G.dtype
-            or not isinstance(add, types.BooleanLiteral)):
+    with j = indices[p] (the KL MU numerator's row), added to out[i] if ``add``
+    (as in ``gather_row_sum``): F[i] is loaded once and kept in registers, each gathered row
+    G[j] is loaded once for both its dot product and its scaled add. A NaN dot product
+    counts as below eps, as in the loop kernel."""
+    if not _typing_ok(rank, F, G, out) or eps != G.dtype or not _flag_ok(add):
         return None
     sig = types.void(out, i, F, G, indices, data, start, end, nnz, spill, eps, add, rank)
 
@@ -275,7 +299,9 @@ def kl_row_numerator(typingctx, out, i, F, G, indices, data, start, end, nnz, sp
         f = code.load_row(code.row(code.array(t[2], args[2]), row))
         out_row = code.row(code.array(t[0], args[0]), row)
         eps_v = args[10]
-        sums = code.sums(code.load_row(out_row) if add.literal_value else None)
+        sums = code.sums()
+        if add.literal_value:
+            code.load_into(sums, out_row)
 
         def body(p, g_row):
             g = code.load_row(g_row)
@@ -310,53 +336,30 @@ def mu_gram_row(typingctx, F, i, num, gram, l1, l2, tiny, normal, rank):
     def codegen(context, builder, signature, args):
         t = signature.args
         r = rank.literal_value
-        i64 = ir.IntType(64)
-        i8p = ir.IntType(8).as_pointer()
-        itemsize = F.dtype.bitwidth // 8
-        ftype = context.get_value_type(F.dtype)
-        pieces = [(k * itemsize, ftype if w == 1 else ir.VectorType(ftype, w))
-                  for k, w in row_pieces(r, itemsize)]
-
-        def row_address(k, idx):
-            ary = context.make_array(t[k])(context, builder, args[k])
-            stride = cgutils.unpack_tuple(builder, ary.strides)[0]
-            return builder.gep(builder.bitcast(ary.data, i8p), [builder.mul(idx, stride)])
-
-        def pointer(address, offset, ty):
-            return builder.bitcast(builder.gep(address, [ir.Constant(i64, offset)]),
-                                   ty.as_pointer())
-
-        def splat(v, ty):
-            return _splat(builder, v, ty) if isinstance(ty, ir.VectorType) else v
-
+        rows = _Rows(context, builder, F.dtype, r)
         row = context.cast(builder, args[1], t[1], types.intp)
-        f_row, num_row = row_address(0, row), row_address(2, row)
-        f_scalars = builder.bitcast(f_row, ftype.as_pointer())
-        chains = [[None] * len(pieces) for _ in range(2)]
+        f_row = rows.row(rows.array(t[0], args[0]), row)
+        num_row = rows.row(rows.array(t[2], args[2]), row)
+        gram = rows.array(t[3], args[3])
+        f_scalars = builder.bitcast(f_row, context.get_value_type(F.dtype).as_pointer())
+        chains = [rows.sums(), rows.sums()]
         for k in range(r):
-            fk = builder.load(builder.gep(f_scalars, [ir.Constant(i64, k)]))
-            g_row = row_address(3, ir.Constant(i64, k))
-            chain = chains[k % 2]
-            for q, (offset, ty) in enumerate(pieces):
-                g = builder.load(pointer(g_row, offset, ty), align=itemsize)
-                prod = builder.fmul(splat(fk, ty), g, flags=FLAGS)
-                chain[q] = prod if chain[q] is None else builder.fadd(chain[q], prod,
-                                                                      flags=FLAGS)
+            fk = builder.load(builder.gep(f_scalars, [ir.Constant(rows.i64, k)]))
+            rows.add_scaled(chains[k % 2], fk,
+                            rows.load_row(rows.row(gram, ir.Constant(rows.i64, k))))
         l1_v, l2_v, tiny_v, normal_v = args[4:8]
-        for q, (offset, ty) in enumerate(pieces):
-            den = chains[0][q]
-            if chains[1][q] is not None:
-                den = builder.fadd(den, chains[1][q], flags=FLAGS)
-            f = builder.load(pointer(f_row, offset, ty), align=itemsize)
-            n = builder.load(pointer(num_row, offset, ty), align=itemsize)
-            d = builder.fadd(builder.fadd(den, splat(l1_v, ty), flags=FLAGS),
-                             builder.fmul(splat(l2_v, ty), f, flags=FLAGS), flags=FLAGS)
-            d = builder.select(builder.fcmp_ordered("<", d, splat(tiny_v, ty)),
-                               splat(tiny_v, ty), d)
+        new = []
+        for (_, ty), a, b, f, n in zip(rows.pieces, chains[0], chains[1],
+                                       rows.load_row(f_row), rows.load_row(num_row)):
+            den = builder.fadd(builder.load(a), builder.load(b), flags=FLAGS)
+            d = builder.fadd(builder.fadd(den, rows.splat(l1_v, ty), flags=FLAGS),
+                             builder.fmul(rows.splat(l2_v, ty), f, flags=FLAGS), flags=FLAGS)
+            tiny_s = rows.splat(tiny_v, ty)
+            d = builder.select(builder.fcmp_ordered("<", d, tiny_s), tiny_s, d)
             v = builder.fmul(f, builder.fdiv(n, d, flags=FLAGS), flags=FLAGS)
-            v = builder.select(builder.fcmp_ordered("<", v, splat(normal_v, ty)),
-                               ir.Constant(ty, None), v)
-            builder.store(v, pointer(f_row, offset, ty), align=itemsize)
+            new.append(builder.select(builder.fcmp_ordered("<", v, rows.splat(normal_v, ty)),
+                                      ir.Constant(ty, None), v))
+        rows.store_row(f_row, new)
         return context.get_dummy_value()
 
     return sig, codegen

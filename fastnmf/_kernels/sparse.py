@@ -90,34 +90,28 @@ def csr_times_dense(indptr, indices, data, B, out):
     """out = A @ B for CSR A (m x n) and dense B (n x r): ``csr_times_dense_fixed`` where
     ``fixed_rank_rows``, else ``csr_times_dense_loop``."""
     if fixed_rank_rows(B, out):
-        return csr_times_dense_fixed(indptr, indices, data, B, out)
+        return csr_times_dense_fixed(indptr, indices, data, B, out, False)
     return csr_times_dense_loop(indptr, indices, data, B, out)
 
 
 @rank_kernel
-def csr_times_dense_fixed(indptr, indices, data, B, out, rank):
-    """out = A @ B with r = ``rank`` fixed at compile time: each row's r sums stay in vector
-    registers over all its nonzeros (``_fixed_rank.gather_row_sum``)."""
+def csr_times_dense_fixed(indptr, indices, data, B, out, add, rank):
+    """out = A @ B (out += A @ B where ``add``) with r = ``rank`` fixed at compile time: each
+    row's r sums stay in vector registers over all its nonzeros
+    (``_fixed_rank.gather_row_sum``)."""
     nnz = U(indptr[indptr.shape[0] - 1])
     spill = spills(B, U(rank) * U(B.itemsize))
     bounds = row_chunks(indptr, N_CHUNKS)
     for c in prange(bounds.shape[0] - 1):
         for i in range(bounds[c], bounds[c + 1]):
             gather_row_sum(out, i, B, indices, data, U(indptr[i]), U(indptr[i + 1]), nnz,
-                           spill, False, rank)
+                           spill, add, rank)
 
 
-@rank_kernel
-def csr_times_dense_add(indptr, indices, data, B, out, rank):
-    """out += A @ B, as ``csr_times_dense_fixed`` with each row's sums starting from out[i]
-    (the panels of ``CsrOperator``: only where ``fixed_rank_rows(B, out)``)."""
-    nnz = U(indptr[indptr.shape[0] - 1])
-    spill = spills(B, U(rank) * U(B.itemsize))
-    bounds = row_chunks(indptr, N_CHUNKS)
-    for c in prange(bounds.shape[0] - 1):
-        for i in range(bounds[c], bounds[c + 1]):
-            gather_row_sum(out, i, B, indices, data, U(indptr[i]), U(indptr[i + 1]), nnz,
-                           spill, True, rank)
+def csr_times_dense_add(indptr, indices, data, B, out):
+    """out += A @ B by the fixed-rank kernel (the later column panels of ``CsrOperator``:
+    only where ``fixed_rank_rows(B, out)``)."""
+    return csr_times_dense_fixed(indptr, indices, data, B, out, True)
 
 
 @row_kernel
@@ -170,34 +164,28 @@ def csr_kl_numerator(indptr, indices, data, F, G, eps, out):
     """out[i] = sum over nonzeros j of x_ij / max(F_i . G_j, eps) * G_j (the KL MU numerator):
     ``csr_kl_numerator_fixed`` where ``fixed_rank_rows``, else ``csr_kl_numerator_loop``."""
     if fixed_rank_rows(F, G, out):
-        return csr_kl_numerator_fixed(indptr, indices, data, F, G, eps, out)
+        return csr_kl_numerator_fixed(indptr, indices, data, F, G, eps, out, False)
     return csr_kl_numerator_loop(indptr, indices, data, F, G, eps, out)
 
 
 @rank_kernel
-def csr_kl_numerator_fixed(indptr, indices, data, F, G, eps, out, rank):
-    """The KL numerator with r = ``rank`` fixed at compile time: F_i and the row's r sums
-    stay in registers, each gathered G_j is loaded once (``_fixed_rank.kl_row_numerator``)."""
+def csr_kl_numerator_fixed(indptr, indices, data, F, G, eps, out, add, rank):
+    """The KL numerator (added to out where ``add``) with r = ``rank`` fixed at compile time:
+    F_i and the row's r sums stay in registers, each gathered G_j is loaded once
+    (``_fixed_rank.kl_row_numerator``)."""
     nnz = U(indptr[indptr.shape[0] - 1])
     spill = spills(G, U(rank) * U(G.itemsize))
     bounds = row_chunks(indptr, N_CHUNKS)
     for c in prange(bounds.shape[0] - 1):
         for i in range(bounds[c], bounds[c + 1]):
             kl_row_numerator(out, i, F, G, indices, data, U(indptr[i]), U(indptr[i + 1]), nnz,
-                             spill, eps, False, rank)
+                             spill, eps, add, rank)
 
 
-@rank_kernel
-def csr_kl_numerator_add(indptr, indices, data, F, G, eps, out, rank):
-    """out += the KL numerator, as ``csr_kl_numerator_fixed`` with each row's sums starting
-    from out[i] (the panels of ``CsrOperator``: only where ``fixed_rank_rows(F, G, out)``)."""
-    nnz = U(indptr[indptr.shape[0] - 1])
-    spill = spills(G, U(rank) * U(G.itemsize))
-    bounds = row_chunks(indptr, N_CHUNKS)
-    for c in prange(bounds.shape[0] - 1):
-        for i in range(bounds[c], bounds[c + 1]):
-            kl_row_numerator(out, i, F, G, indices, data, U(indptr[i]), U(indptr[i + 1]), nnz,
-                             spill, eps, True, rank)
+def csr_kl_numerator_add(indptr, indices, data, F, G, eps, out):
+    """out += the KL numerator by the fixed-rank kernel (the later column panels of
+    ``CsrOperator``: only where ``fixed_rank_rows(F, G, out)``)."""
+    return csr_kl_numerator_fixed(indptr, indices, data, F, G, eps, out, True)
 
 
 @row_kernel
