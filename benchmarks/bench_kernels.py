@@ -14,8 +14,9 @@ Three classes, one per kernel module, each parameterized over kernel x dtype x s
   ``dense_cross64``. Until 093d784 ``dense_times`` computed each block as G^T A_b^T (what
   ``dense_times_gt`` does now), so its history changes there;
 * ``FactorKernels``: ``mu_apply`` (gamma 1), ``mu_apply_gram`` (the Frobenius step with its
-  denominator made in the kernel), ``gram`` (F^T F by row blocks) and ``hals_sweeps`` (3
-  sweeps, fixed work).
+  denominator made in the kernel), ``gram`` (F^T F by row blocks), ``hals_sweeps`` (3
+  sweeps, fixed work; from the lane kernel's commit on it takes that kernel, before it was
+  the loop kernel, so its history changes there) and ``hals_sweeps_loop`` (the loop kernel).
 
 Each class has three benchmarks over the same parameters:
 
@@ -83,8 +84,10 @@ WORK = {
                      "2 m r^2 + 5 m r flops; 3 m r s + r^2 s bytes",
     "mu_apply_gram_blocks": "Frobenius MU step, den = F @ gram per 64-row block: 2 m r^2 + "
                             "5 m r flops; 3 m r s + r^2 s bytes",
-    "hals_sweeps": "3 HALS sweeps over the rows of F (m x r): 3 m (2 r^2 + 4 r) flops; "
-                   "3 m r s + r^2 s bytes",
+    "hals_sweeps": "3 HALS sweeps over the rows of F (m x r; at this rank the lane kernel, "
+                   "one row per vector lane): 3 m (2 r^2 + 4 r) flops; 3 m r s + r^2 s bytes",
+    "hals_sweeps_loop": "3 HALS sweeps, the loop kernel (rows in groups of eight, their dot "
+                        "products side by side): 3 m (2 r^2 + 4 r) flops; 3 m r s + r^2 s bytes",
 }
 
 
@@ -342,7 +345,8 @@ class DenseKernels(_KernelBench):
 @c.with_attrs(c.KERNEL_ATTRS)
 class FactorKernels(_KernelBench):
     """fastnmf._kernels.factor on an m x r factor, m = the rows of the sparse size."""
-    params = [["mu_apply", "mu_apply_gram", "mu_apply_gram_blocks", "gram", "hals_sweeps"],
+    params = [["mu_apply", "mu_apply_gram", "mu_apply_gram_blocks", "gram", "hals_sweeps",
+               "hals_sweeps_loop"],
               list(c.DTYPES),
               list(c.KERNEL_SIZES)]
     sweeps = 3
@@ -375,7 +379,7 @@ class FactorKernels(_KernelBench):
             f = _kernel("factor", "gram")
             out = np.empty((R, R), dtype=dtype)
             return lambda: f(F, out), 2 * m * R * R, m * R * s
-        f = _kernel("factor", "hals_sweeps")
+        f = _kernel("factor", kernel)
         G = c.positive_factor(4 * R, R, dtype, seed=5)
         Q = np.ascontiguousarray(G.T @ G)
         P = np.ascontiguousarray(c.positive_factor(m, R, dtype, seed=6) @ Q)

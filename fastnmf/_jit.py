@@ -90,6 +90,27 @@ VECTOR_BYTES = 32   # the row kernels' vector width: 4 float64 / 8 float32 lanes
 NARROW_BYTES = 16   # the narrow copy's: 2 float64 / 4 float32 lanes
 
 
+def target_features():
+    """The CPU features Numba compiles for: ``NUMBA_CPU_FEATURES`` if set, else the host's
+    (as Numba's own code generator takes them; none of the AVX ones under
+    ``NUMBA_ENABLE_AVX=0``)."""
+    if numba.config.CPU_FEATURES is not None:
+        text = numba.config.CPU_FEATURES
+    else:
+        try:
+            text = llvm.get_host_cpu_features().flatten()
+        except RuntimeError:
+            text = ""
+    features = {f[1:] for f in text.split(",") if f.startswith("+")}
+    if not numba.config.ENABLE_AVX:
+        features = {f for f in features if not f.startswith("avx")}
+    return features
+
+
+# 32 vector registers of 64 bytes (AVX-512) rather than 16 of at most 32 (AVX2 and older)
+WIDE_REGISTERS = "avx512f" in target_features()
+
+
 def _width_attribute(nbytes):
     return f'"prefer-vector-width"="{8 * nbytes}"'
 

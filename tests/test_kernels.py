@@ -535,7 +535,7 @@ def test_row_kernels_every_vector_remainder(dtype, idx_dtype, r, copy):
     would pick)."""
     kern = {name: getattr(mod, name).__dict__[copy] for mod, name in (
         (ks, "csr_times_dense_loop"), (ks, "csr_kl_numerator_loop"), (ks, "csr_kl_loss_rows"),
-        (kf, "hals_sweeps"))}
+        (kf, "hals_sweeps_loop"))}
     rng = np.random.default_rng(r)
     X = make_X(dtype)
     A = make_csr(X, idx_dtype, explicit_zeros=2)
@@ -560,7 +560,7 @@ def test_row_kernels_every_vector_remainder(dtype, idx_dtype, r, copy):
     P = (Xp @ Ht.astype(np.float64)).astype(dtype)
     Q = (Ht.T.astype(np.float64) @ Ht.astype(np.float64)).astype(dtype)
     expected = ref.hals_sweeps(W, P, Q, 0.0, 1, 0.0)
-    kern["hals_sweeps"](W, P, Q, dtype(0), 1, dtype(0))
+    kern["hals_sweeps_loop"](W, P, Q, dtype(0), 1, dtype(0))
     assert_close(W, expected, RTOL[dtype], f"one HALS sweep r={r}")
 
 
@@ -825,10 +825,14 @@ def test_mu_apply_gram(dtype, rows, l1, l2, gamma, threads):
     assert F[-1, 3] == 0
 
 
+@pytest.mark.parametrize("kernel", ["hals_sweeps", "hals_sweeps_loop"])
 @pytest.mark.parametrize("max_sweeps,delta", [(1, 0.0), (3, 0.1), (50, 0.1), (50, 0.0)])
 @pytest.mark.parametrize("l1,l2", [(0.0, 0.0), (0.8, 0.0), (0.0, 2.0), (0.8, 2.0)])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_hals_sweeps(dtype, l1, l2, max_sweeps, delta, threads):
+def test_hals_sweeps(dtype, l1, l2, max_sweeps, delta, kernel, threads):
+    """Both sweep kernels (``hals_sweeps`` takes the lane kernel at this rank) against the
+    reference: penalties, the stopping rule, and a coordinate with Q_kk = 0. M = 30 rows
+    are three float64 lane groups and a part one, one float32 group and a part one."""
     T = np.dtype(dtype).type
     X = make_X(dtype)
     W = make_factor(M, dtype, 10)
@@ -840,12 +844,86 @@ def test_hals_sweeps(dtype, l1, l2, max_sweeps, delta, threads):
     Q[2, 2] = 0
     expected = ref.hals_sweeps(W, P, Q, l1, max_sweeps, delta * delta)
     col2 = W[:, 2].copy()
-    kf.hals_sweeps(W, P, Q, T(l1), max_sweeps, T(delta * delta))
+    getattr(kf, kernel)(W, P, Q, T(l1), max_sweeps, T(delta * delta))
     assert W.dtype == dtype
     assert np.array_equal(W[:, 2], col2), "a coordinate with Q_kk = 0 was changed"
     assert (W >= 0).all()
     rtol = RTOL[dtype] if max_sweeps == 1 else RTOL_STEP[dtype]
     assert_close(W, expected, rtol, f"hals_sweeps sweeps={max_sweeps} delta={delta}")
+
+
+# the lane kernel's column blocks of L = 8 (float64) / 16 (float32) entries: shorter than a
+# block, one entry, exact blocks, and blocks with every kind of remainder
+LANE_RANKS = {np.float64: [1, 3, 8, 13, 20], np.float32: [1, 5, 16, 20, 33]}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_hals_sweeps_lanes_every_block_shape(dtype):
+    """The lane kernel at ranks that cut a row into every shape of transposed block, with
+    whole and part groups (m = 2L + 3, m < L) and no rows, against the reference; rows that
+    stop at different sweeps, a NaN in P (its row stays NaN, the others are unaffected),
+    l1 > 0, and a coordinate with Q_kk = 0."""
+    T = np.dtype(dtype).type
+    L = _fixed_rank.lanes(np.dtype(dtype).itemsize)
+    rng = np.random.default_rng(21)
+    for r in LANE_RANKS[dtype]:
+        for m in (2 * L + 3, L - 1, 0):
+            G = rng.uniform(0.0, 1.0, (15, r))
+            F = rng.uniform(0.0, 2.0, (m, r)).astype(dtype)
+            P = (rng.uniform(0.0, 1.0, (m, 15)) @ G).astype(dtype)
+            Q = (G.T @ G).astype(dtype)
+            if r > 2:
+                Q[1, 1] = 0
+            if m > 4:
+                P[4, 0] = np.nan
+            expected = ref.hals_sweeps(F, P, Q, 0.05, 20, 0.01)
+            kf.hals_sweeps_lanes(F, P, Q, T(0.05), 20, T(0.01))
+            if m > 4:
+                assert np.isnan(F[4, 0])     # not hidden (the reference's max() drops it)
+                F[4] = expected[4] = 0
+            assert_close(F, expected, RTOL_STEP[dtype], f"r = {r}, m = {m}")
+
+
+def test_hals_sweeps_lanes_rows_are_independent():
+    """A row's lane never mixes with its group's other lanes: each row swept alone (in a
+    group of its own, zero-padded) is bitwise the row swept among L - 1 others, though the
+    others stop at other sweeps."""
+    rng = np.random.default_rng(22)
+    r = 13
+    G = rng.uniform(0.0, 1.0, (15, r))
+    F = rng.uniform(0.0, 2.0, (8, r))
+    P = rng.uniform(0.0, 1.0, (8, 15)) @ G
+    P[::3] *= 5.0                       # rows far from their solution sweep longer
+    Q = G.T @ G
+    together = F.copy()
+    kf.hals_sweeps_lanes(together, P, Q, 0.0, 30, 0.01)
+    for i in range(8):
+        alone = F[i:i + 1].copy()
+        kf.hals_sweeps_lanes(alone, np.ascontiguousarray(P[i:i + 1]), Q, 0.0, 30, 0.01)
+        assert np.array_equal(alone[0], together[i]), i
+
+
+def test_hals_sweeps_dispatch(monkeypatch):
+    """``hals_sweeps`` takes the lane kernel for C-contiguous arrays of one dtype up to
+    ``HALS_LANE_MAX_RANK``, else the loop kernel; same result both ways."""
+    rng = np.random.default_rng(23)
+    r = 6
+    G = rng.uniform(0.0, 1.0, (15, r))
+    F = rng.uniform(0.0, 2.0, (20, r))
+    P = rng.uniform(0.0, 1.0, (20, 15)) @ G
+    Q = G.T @ G
+    expected = ref.hals_sweeps(F, P, Q, 0.0, 4, 0.0)
+    calls = []
+    for name in ("hals_sweeps_lanes", "hals_sweeps_loop"):
+        kern = getattr(kf, name)
+        monkeypatch.setattr(kf, name, lambda *a, _k=kern, _n=name: calls.append(_n) or _k(*a))
+    for layout, limit, want in (("C", 6, "hals_sweeps_lanes"), ("C", 5, "hals_sweeps_loop"),
+                                ("F", 6, "hals_sweeps_loop")):
+        monkeypatch.setitem(kf.HALS_LANE_MAX_RANK, 8, limit)
+        out = np.array(F, order=layout)
+        kf.hals_sweeps(out, P, Q, 0.0, 4, 0.0)
+        assert calls.pop() == want
+        assert_close(out, expected, 1e-12, f"{layout} limit {limit}")
 
 
 # ------------------------------------------------------------------------------------------
@@ -1450,7 +1528,8 @@ KERNELS = {
     "gram": kf.gram,
     "mu_apply_gram_fixed": kf.mu_apply_gram_fixed,
     "mu_apply_gram_blocks": kf.mu_apply_gram_blocks,
-    "hals_sweeps": kf.hals_sweeps,
+    "hals_sweeps_lanes": kf.hals_sweeps_lanes,
+    "hals_sweeps_loop": kf.hals_sweeps_loop,
 }
 
 
@@ -1666,7 +1745,8 @@ def test_row_kernels_pickle_by_reference():
     import pickle
     for kern in (ks.csr_times_dense, ks.csr_times_dense_loop, ks.csr_times_dense_fixed,
                  ks.csr_kl_numerator, ks.csr_kl_numerator_loop, ks.csr_kl_numerator_fixed,
-                 ks.csr_kl_loss_rows, kf.hals_sweeps):
+                 ks.csr_kl_loss_rows, kf.hals_sweeps, kf.hals_sweeps_lanes,
+                 kf.hals_sweeps_loop):
         assert pickle.loads(pickle.dumps(kern)) is kern
 
 

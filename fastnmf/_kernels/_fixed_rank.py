@@ -1,4 +1,5 @@
-"""CSR row loops with the rank r fixed when the kernel compiles (``_jit.rank_kernel``).
+"""CSR row loops, the per-row MU denominator and the HALS lane sweep, with the rank r fixed
+when the kernel compiles (``_jit.rank_kernel``).
 
 ``gather_row_sum``: out[i] = sum over the nonzeros p of row i of data[p] * B[indices[p]], with
 the r sums held in vector registers for the whole row: per nonzero, one load and one
@@ -360,6 +361,239 @@ def mu_gram_row(typingctx, F, i, num, gram, l1, l2, tiny, normal, rank):
             new.append(builder.select(builder.fcmp_ordered("<", v, rows.splat(normal_v, ty)),
                                       ir.Constant(ty, None), v))
         rows.store_row(f_row, new)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+LANE_BYTES = 64   # one vector of the HALS lane sweep: 8 float64 / 16 float32 rows
+EXACT = ("contract", "nsz", "arcp")   # FLAGS less reassoc: the sweep's sums keep their order
+
+
+def lanes(itemsize):
+    """Rows swept side by side by ``hals_lane_sweep`` (one per vector lane)."""
+    return LANE_BYTES // itemsize
+
+
+@intrinsic
+def hals_lane_sweep(typingctx, Ft, Pt, Q, active, change, normal, rank):
+    """One HALS sweep over L = ``lanes`` rows at once, held transposed: Ft[q, l] is entry q
+    of the group's row l, so Ft[q] is one vector of L rows (a vector lane per row) and the
+    sweep needs no horizontal sums. Pt holds P - l1 the same way; Ft, Pt are (r, L), Q is
+    (r, r), all C-contiguous, of one dtype; ``active`` (L booleans), ``change`` (L).
+
+    For k = 0 .. r-1, with r = ``rank`` fixed (the sweep is straight-line code, the rows in
+    registers): d = sum_q Q[k, q] Ft[q] (the entries before k already updated), then
+    Ft[k] <- Ft[k] + (Pt[k] - d) / Q[k, k], 0 below ``normal`` (a NaN stays NaN), except in
+    lanes not ``active`` and where Q[k, k] <= 0 (left as they were). change[l] = the sum of
+    row l's squared changes. d adds the terms of the entries not yet updated first and the
+    one updated last (q = k - 1) at the end, so a coordinate waits on its predecessor for one
+    multiply-add only; the sums keep that order (no reassociation). Dividing by Q[k, k]
+    is a multiplication by its reciprocal. No bounds checks: the caller allocates the
+    buffers."""
+    arrays = (Ft, Pt, Q)
+    if not (isinstance(rank, types.IntegerLiteral) and rank.literal_value >= 1
+            and all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C"
+                    and a.dtype == Ft.dtype for a in arrays)
+            and isinstance(Ft.dtype, types.Float)
+            and isinstance(active, types.Array) and active.dtype == types.boolean
+            and isinstance(change, types.Array) and change.dtype == Ft.dtype
+            and isinstance(normal, types.Float)):
+        return None
+    sig = types.void(Ft, Pt, Q, active, change, normal, rank)
+
+    def codegen(context, builder, signature, args):
+        t = signature.args
+        r = rank.literal_value
+        b = builder
+        rows = _Rows(context, builder, Ft.dtype, r)
+        ftype = context.get_value_type(Ft.dtype)
+        width = lanes(rows.itemsize)
+        vt = ir.VectorType(ftype, width)
+        # C-contiguous (r, L) and (r, r): every address is a constant offset from the data
+        ft_a, pt_a, q_a = (rows.array(t[k], args[k])[0] for k in range(3))
+
+        def vector(array, q):
+            return b.load(rows.pointer(array, q * width * rows.itemsize, vt),
+                          align=rows.itemsize)
+
+        def q_entry(k, q):
+            return b.load(rows.pointer(q_a, (k * r + q) * rows.itemsize, ftype))
+
+        def term(acc, k, q):
+            x = b.fmul(_splat(b, q_entry(k, q), vt), f[q], flags=EXACT)
+            return x if acc is None else b.fadd(acc, x, flags=EXACT)
+
+        def data(k):
+            return context.make_array(t[k])(context, builder, args[k]).data
+
+        byte_vector = ir.VectorType(ir.IntType(8), width)
+        flags = b.load(b.bitcast(data(3), byte_vector.as_pointer()), align=1)
+        live = b.icmp_unsigned("!=", flags, ir.Constant(byte_vector, None))
+        zero = ir.Constant(vt, None)
+        normal_v = _splat(b, context.cast(b, args[5], t[5], Ft.dtype), vt)
+        f = [vector(ft_a, q) for q in range(r)]
+        total = zero
+        for k in range(r):
+            qkk = q_entry(k, k)
+            ok = b.fcmp_ordered(">", qkk, ir.Constant(ftype, 0.0))
+            inv = _splat(b, b.fdiv(ir.Constant(ftype, 1.0), qkk), vt)
+            d = None
+            for q in range(k, r):              # entries not updated yet: ready at once
+                d = term(d, k, q)
+            earlier = None
+            for q in range(k - 1):             # updated by this sweep, in order
+                earlier = term(earlier, k, q)
+            if earlier is not None:
+                d = b.fadd(d, earlier, flags=EXACT)
+            if k:
+                d = term(d, k, k - 1)          # the entry updated just before
+            new = b.fadd(f[k], b.fmul(b.fsub(vector(pt_a, k), d, flags=EXACT), inv,
+                                      flags=EXACT), flags=EXACT)
+            new = b.select(b.fcmp_ordered("<", new, normal_v), zero, new)
+            new = b.select(ok, b.select(live, new, f[k]), f[k])
+            step = b.fsub(new, f[k], flags=EXACT)
+            total = b.fadd(total, b.fmul(step, step, flags=EXACT), flags=EXACT)
+            f[k] = new
+        for q in range(r):
+            b.store(f[q], rows.pointer(ft_a, q * width * rows.itemsize, vt),
+                    align=rows.itemsize)
+        b.store(total, b.bitcast(data(4), vt.as_pointer()), align=rows.itemsize)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _transpose(builder, v):
+    """The L x L block whose rows are the L-lane vectors ``v``, transposed (its columns as
+    vectors): log2(L) rounds of two-vector shuffles; round h pairs rows i and i + h and
+    swaps their off-diagonal h x h sub-blocks."""
+    width = len(v)
+    lanes_t = ir.VectorType(ir.IntType(32), width)
+    h = 1
+    while h < width:
+        low = [j if not j & h else width + j - h for j in range(width)]
+        high = [j + h if not j & h else width + j for j in range(width)]
+        nxt = list(v)
+        for i in range(width):
+            if not i & h:
+                nxt[i] = builder.shuffle_vector(v[i], v[i + h], ir.Constant(lanes_t, low))
+                nxt[i + h] = builder.shuffle_vector(v[i], v[i + h], ir.Constant(lanes_t, high))
+        v = nxt
+        h *= 2
+    return v
+
+
+def _resize(builder, v, count):
+    """Vector v cut or zero-padded to ``count`` lanes."""
+    have = v.type.count
+    if have == count:
+        return v
+    zero = ir.Constant(v.type, None)
+    mask = [j if j < have else have for j in range(count)]   # lane ``have`` of zero: 0
+    return builder.shuffle_vector(v, zero, ir.Constant(ir.VectorType(ir.IntType(32), count),
+                                                       mask))
+
+
+class _Lanes(_Rows):
+    """IR helpers for a group of L rows of a (row-major) factor and its transposed (r, L)
+    copy: the row block is cut into column blocks of up to L entries, each moved as one
+    L x L transpose of vectors."""
+
+    def __init__(self, context, builder, dtype, r):
+        super().__init__(context, builder, dtype, r)
+        self.width = lanes(self.itemsize)
+        self.ftype = context.get_value_type(dtype)
+        self.vt = ir.VectorType(self.ftype, self.width)
+
+    def blocks(self, r):
+        return [(q0, min(self.width, r - q0)) for q0 in range(0, r, self.width)]
+
+    def lane_vector(self, base, q):
+        return self.pointer(base, q * self.width * self.itemsize, self.vt)
+
+    def piece(self, row_address, q0, w):
+        t = self.ftype if w == 1 else ir.VectorType(self.ftype, w)
+        return self.pointer(row_address, q0 * self.itemsize, t)
+
+    def rows_in(self, array, i0, r):
+        """The column blocks of rows i0 .. i0 + L - 1 of ``array``, transposed: for each
+        block (q0, w), the w vectors of entries q0 .. q0 + w - 1 over the L rows."""
+        b = self.builder
+        out = []
+        for q0, w in self.blocks(r):
+            v = []
+            for ll in range(self.width):
+                row = self.row(array, b.add(i0, ir.Constant(self.i64, ll)))
+                x = b.load(self.piece(row, q0, w), align=self.itemsize)
+                if w == 1:
+                    x = b.insert_element(ir.Constant(ir.VectorType(self.ftype, 1), None), x,
+                                         ir.Constant(ir.IntType(32), 0))
+                v.append(_resize(b, x, self.width))
+            out.extend(_transpose(b, v)[:w])
+        return out
+
+    def rows_out(self, array, i0, r, vectors):
+        """Store ``vectors`` (r lane vectors, as ``rows_in`` gives them) back as rows i0 ..
+        i0 + L - 1 of ``array``."""
+        b = self.builder
+        zero = ir.Constant(self.vt, None)
+        for q0, w in self.blocks(r):
+            t = _transpose(b, vectors[q0:q0 + w] + [zero] * (self.width - w))
+            for ll in range(self.width):
+                row = self.row(array, b.add(i0, ir.Constant(self.i64, ll)))
+                x = _resize(b, t[ll], w) if w > 1 else b.extract_element(
+                    t[ll], ir.Constant(ir.IntType(32), 0))
+                b.store(x, self.piece(row, q0, w), align=self.itemsize)
+
+
+def _lanes_ok(rank, *arrays):
+    return (isinstance(rank, types.IntegerLiteral) and rank.literal_value >= 1
+            and all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C"
+                    and a.dtype == arrays[0].dtype for a in arrays)
+            and isinstance(arrays[0].dtype, types.Float))
+
+
+@intrinsic
+def lanes_in(typingctx, Ft, Pt, F, P, i0, l1, rank):
+    """Ft = rows i0 .. i0 + L - 1 of F transposed, (r, L); Pt the same of P, less l1
+    (``hals_lane_sweep``'s layout). All C-contiguous, of one dtype; F, P have those rows."""
+    if not _lanes_ok(rank, Ft, Pt, F, P) or l1 != F.dtype:
+        return None
+    sig = types.void(Ft, Pt, F, P, i0, l1, rank)
+
+    def codegen(context, builder, signature, args):
+        t = signature.args
+        r = rank.literal_value
+        g = _Lanes(context, builder, F.dtype, r)
+        i0_v = context.cast(builder, args[4], t[4], types.intp)
+        l1_v = _splat(builder, args[5], g.vt)
+        ft, pt = g.array(t[0], args[0])[0], g.array(t[1], args[1])[0]
+        for q, v in enumerate(g.rows_in(g.array(t[2], args[2]), i0_v, r)):
+            builder.store(v, g.lane_vector(ft, q), align=g.itemsize)
+        for q, v in enumerate(g.rows_in(g.array(t[3], args[3]), i0_v, r)):
+            builder.store(builder.fsub(v, l1_v, flags=EXACT), g.lane_vector(pt, q),
+                          align=g.itemsize)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def lanes_out(typingctx, F, i0, Ft, rank):
+    """Rows i0 .. i0 + L - 1 of F = Ft transposed (the inverse of ``lanes_in``)."""
+    if not _lanes_ok(rank, F, Ft):
+        return None
+    sig = types.void(F, i0, Ft, rank)
+
+    def codegen(context, builder, signature, args):
+        t = signature.args
+        r = rank.literal_value
+        g = _Lanes(context, builder, F.dtype, r)
+        i0_v = context.cast(builder, args[1], t[1], types.intp)
+        ft = g.array(t[2], args[2])[0]
+        vectors = [builder.load(g.lane_vector(ft, q), align=g.itemsize) for q in range(r)]
+        g.rows_out(g.array(t[0], args[0]), i0_v, r, vectors)
         return context.get_dummy_value()
 
     return sig, codegen
