@@ -7,7 +7,8 @@ X.T, result n x r), and ``F`` / ``G`` denote (W, Ht) or (Ht, W) respectively.
 
 - ``product(side, G, out)``:        X @ Ht   or  X.T @ W
 - ``beta_terms(side, F, G, beta, num, den)``: the MU numerator (A o (FG^T)^(beta-2)) G and
-  denominator (FG^T)^(beta-1) G, beta != 2
+  denominator (FG^T)^(beta-1) G, beta != 2; for beta = 1 ``den`` is 1 x r, the column sums
+  of G (the denominator of every row)
 - ``loss(W, Ht, beta, cross_from)``: D_beta(X | W Ht^T) in float64, never forming an m x n
   product for sparse X (Gram identity for beta = 2, column sums for beta = 1).
 """
@@ -16,6 +17,7 @@ import scipy.sparse as sp
 
 from ._kernels import dense as kd
 from ._kernels import sparse as ks
+from ._kernels.factor import column_sums
 
 
 def wh_guard(dtype, beta):
@@ -178,7 +180,7 @@ class CsrOperator(_Operator):
             else:
                 self._over_panels(G, ks.csr_kl_numerator, ks.csr_kl_numerator_add,
                                   (F, G, eps), num)
-            den[...] = G.sum(axis=0)
+            column_sums(G, den[0])
         else:   # all m x n entries per call anyway: X^T in one piece
             A = self.X if side == "W" else self.XT
             T = self.dtype.type
@@ -195,8 +197,9 @@ class CsrOperator(_Operator):
         eps = wh_guard(self.dtype, beta)
         if beta == 1:
             ks.csr_kl_loss_rows(X.indptr, X.indices, X.data, W, Ht, eps, rows)
-            col_W = W.sum(axis=0, dtype=np.float64)
-            col_H = Ht.sum(axis=0, dtype=np.float64)
+            col_W, col_H = np.empty(W.shape[1]), np.empty(W.shape[1])   # float64 sums
+            column_sums(W, col_W)
+            column_sums(Ht, col_H)
             return max(float(rows.sum()) + float(col_W @ col_H), 0.0)
         T = self.dtype.type
         ks.csr_beta_all_entries(X.indptr, X.indices, X.data, W, Ht, T(beta), eps,
@@ -318,7 +321,7 @@ class DenseOperator(_Operator):
                            tiny, self._partials(block, W),
                            self._partials(block, W, "partial_den"), num_h, den_h, block)
         if beta == 1:
-            den_h[...] = W.sum(axis=0)
+            column_sums(W, den_h[0])
         return True
 
     def cross64(self, W64, H64):
@@ -333,7 +336,7 @@ class DenseOperator(_Operator):
         kd.dense_beta_blocks(A, F, G, T(beta), wh_guard(self.dtype, beta), num, den,
                              self._loss_rows, True, False, self._beta_block[side])
         if beta == 1:
-            den[...] = G.sum(axis=0)
+            column_sums(G, den[0])
 
     def loss(self, W, Ht, beta, cross_from=None):
         if beta == 2:

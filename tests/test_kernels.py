@@ -801,6 +801,38 @@ def test_mu_apply(dtype, l1, l2, gamma, threads):
     assert not ((F != 0) & (np.abs(F) < normal)).any(), "a subnormal was stored"
 
 
+@pytest.mark.parametrize("l1,l2", [(0.0, 0.0), (0.7, 1.3)])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_mu_apply_shared(dtype, l1, l2, threads):
+    """The step with one 1 x r denominator row for every row (KL) is the reference step with
+    that row repeated; a denominator entry of 0 takes the tiny floor."""
+    T = np.dtype(dtype).type
+    rng = np.random.default_rng(13)
+    F = rng.uniform(0.1, 2.0, (M, R)).astype(dtype)
+    num = rng.uniform(0.0, 5.0, (M, R)).astype(dtype)
+    den = rng.uniform(0.5, 5.0, (1, R)).astype(dtype)
+    den[0, 1] = 0
+    tiny = T(1e-6)
+    expected = ref.mu_factor_step(F, num, np.repeat(den, M, axis=0), l1, l2, 1.0, float(tiny))
+    kf.mu_apply_shared(F, num, den, T(l1), T(l2), T(1), tiny)
+    assert_close(F, expected, RTOL[dtype], "mu_apply_shared")
+
+
+@pytest.mark.parametrize("out_dtype", [None, np.float64])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_column_sums(dtype, out_dtype, threads):
+    """Column sums against NumPy's float64 sums, for 0 rows, fewer rows than a block and many
+    blocks (a part one at the end); float32 sums are added in float64 and rounded once."""
+    rng = np.random.default_rng(14)
+    for m in (0, 5, 16 * kf.GRAM_MIN_ROWS + 7, 40 * kf.GRAM_MIN_ROWS + 3):
+        G = rng.uniform(0.0, 1.0, (m, R)).astype(dtype)
+        out = np.full(R, np.nan, dtype=out_dtype or dtype)
+        kf.column_sums(G, out)
+        exact = G.astype(np.float64).sum(axis=0)
+        tol = 1e-13 if out.dtype == np.float64 else 1e-7
+        assert np.all(np.abs(out - exact) <= tol * np.maximum(exact, 1)), m
+
+
 @pytest.mark.parametrize("gamma", [1.0, 0.5])
 @pytest.mark.parametrize("l1,l2", [(0.0, 0.0), (0.7, 1.3)])
 @pytest.mark.parametrize("rows", [1, 63, 64, 65, M])
@@ -986,7 +1018,7 @@ def test_dense_operator_transposed_product(m, n, partials):
         assert (op._XT is None) == partials
     MU(op, W.copy(), Ht.copy(), 1.0, Penalty()).step(want_loss=True)
     assert (op._XT is None) == partials
-    op.beta_terms("H", Ht, W, 1.0, np.empty_like(Ht), np.empty_like(Ht))
+    op.beta_terms("H", Ht, W, 1.0, np.empty_like(Ht), np.empty((1, R), dtype=Ht.dtype))
     assert op._XT is not None and op.XT is op._XT
     assert np.array_equal(op.XT, X.T) and op.XT.flags.c_contiguous
 
@@ -1002,12 +1034,17 @@ def test_operator_beta_terms(fmt, dtype, beta, threads):
     for side in ("W", "H", "W"):
         F, G, Aside = (W, Ht, A) if side == "W" else (Ht, W, A.T)
         num = np.full(F.shape, np.nan, dtype=dtype)
-        den = np.full(F.shape, np.nan, dtype=dtype)
+        # KL: one 1 x r denominator row (the column sums of G) shared by every row
+        den = np.full((1, F.shape[1]) if beta == 1 else F.shape, np.nan, dtype=dtype)
         op.beta_terms(side, F, G, beta, num, den)
         assert num.dtype == dtype and den.dtype == dtype
         tag = f"side {side} beta={beta}"
         assert_close(num, ref.beta_numerator(Aside, F, G, beta, eps), RTOL[dtype], "num " + tag)
-        assert_close(den, ref.beta_denominator(F, G, beta, eps), RTOL[dtype], "den " + tag)
+        expected = ref.beta_denominator(F, G, beta, eps)
+        if beta == 1:
+            assert np.allclose(expected, expected[0])
+            expected = expected[:1]
+        assert_close(den, expected, RTOL[dtype], "den " + tag)
         if beta == 1:
             assert_close(num, ref.kl_numerator(Aside, F, G, eps), RTOL[dtype], "KL num " + tag)
 
@@ -1130,10 +1167,11 @@ def test_check_X_canonicalizes_unsorted_csr(dtype, idx_dtype, duplicates, thread
     for beta in (1.0, 1.5):
         eps = ref.wh_guard(dtype, beta)
         num = np.empty((M, R), dtype=dtype)
-        den = np.empty((M, R), dtype=dtype)
+        den = np.empty((1 if beta == 1 else M, R), dtype=dtype)   # KL: one shared row
         op.beta_terms("W", W, Ht, beta, num, den)
         assert_close(num, ref.beta_numerator(Xdense, W, Ht, beta, eps), RTOL[dtype], "num")
-        assert_close(den, ref.beta_denominator(W, Ht, beta, eps), RTOL[dtype], "den")
+        assert_close(den, ref.beta_denominator(W, Ht, beta, eps)[:len(den)], RTOL[dtype],
+                     "den")
     for beta in (2.0, 1.0, 0.5):
         assert_scalar_close(op.loss(W, Ht, beta),
                             ref.model_loss(Xdense, W, Ht, beta, eps=ref.wh_guard(dtype, beta)),
@@ -1371,7 +1409,7 @@ def _run_csr_everything(dtype, idx_dtype):
     for side, F, G in (("W", W, Ht), ("H", Ht, W)):
         results.append(op.product(side, G, np.empty_like(F)))
         for beta in (1.0, 0.5, 1.5, 3.0):
-            num, den = np.empty_like(F), np.empty_like(F)
+            num, den = np.empty_like(F), np.empty_like(F[:1] if beta == 1 else F)
             op.beta_terms(side, F, G, beta, num, den)
             results += [num, den]
     for beta in (2.0, 1.0, 0.5, 1.5, 3.0):
@@ -1443,7 +1481,7 @@ def _csr_steps_in_panels(dtype, monkeypatch):
     Ht = make_factor(N, dtype, 11, guard_rows=True)
     results = [op.product("H", W, np.full_like(Ht, np.nan))]
     assert len(op.panels()) == D.panel_count(M, N, W) == -(-W.nbytes // 64) > 5
-    num, den = np.full_like(Ht, np.nan), np.empty_like(Ht)
+    num, den = np.full_like(Ht, np.nan), np.empty_like(Ht[:1])
     op.beta_terms("H", Ht, W, 1.0, num, den)
     results.append(num)
     for cls, beta in ((MU, 1.0), (MU, 2.0), (HALS, 2.0)):
@@ -1467,7 +1505,7 @@ def test_csr_operator_in_panels_any_output_layout(monkeypatch):
     op.product("H", W, plain)
     op.product("H", W, strided)
     assert len(op.panels()) > 1 and np.array_equal(plain, strided)
-    den = np.empty((N, R))
+    den = np.empty((1, R))
     op.beta_terms("H", Ht, W, 1.0, plain, den)
     op.beta_terms("H", Ht, W, 1.0, strided, den)
     assert np.array_equal(plain, strided)
@@ -1525,6 +1563,8 @@ KERNELS = {
     "sum_partials": kd.sum_partials,
     "dense_beta_blocks": kd.dense_beta_blocks,
     "mu_apply": kf.mu_apply,
+    "mu_apply_shared": kf.mu_apply_shared,
+    "column_sums": kf.column_sums,
     "gram": kf.gram,
     "mu_apply_gram_fixed": kf.mu_apply_gram_fixed,
     "mu_apply_gram_blocks": kf.mu_apply_gram_blocks,
@@ -1562,7 +1602,7 @@ def test_float32_stays_float32(fmt):
             out = op.product(side, G, np.empty_like(F))
             assert out.dtype == np.float32
             if beta != 2:
-                num, den = np.empty_like(F), np.empty_like(F)
+                num, den = np.empty_like(F), np.empty_like(F[:1] if beta == 1 else F)
                 op.beta_terms(side, F, G, beta, num, den)
                 assert num.dtype == np.float32 and den.dtype == np.float32
         loss = op.loss(W, Ht, beta)

@@ -5,12 +5,13 @@ exponent gamma(beta) that makes every step non-increasing:
     F <- F * ( num / (den + l1 + l2 F) ) ** gamma
     num = (A o (F G^T)^(beta-2)) G,   den = (F G^T)^(beta-1) G
 with A = X (side W, F = W, G = H^T) or A = X^T (side H, F = H^T, G = W).
-For beta = 2: num = A G and den = F (G^T G); for beta = 1: den = 1^T G (column sums).
+For beta = 2: num = A G and den = F (G^T G); for beta = 1: den = 1^T G (column sums), kept
+as one 1 x r row shared by every row of F.
 """
 import numpy as np
 
-from .._kernels.factor import gram, mu_apply, mu_apply_gram
-from .._memory import aligned_like
+from .._kernels.factor import gram, mu_apply, mu_apply_gram, mu_apply_shared
+from .._memory import aligned_empty, aligned_like
 from .._validation import mu_exponent
 from ._base import Solver
 
@@ -25,7 +26,12 @@ class MU(Solver):
         self.tiny = T(np.sqrt(np.finfo(self.dtype).tiny))
         r = W.shape[1]
         self._num = {"W": aligned_like(W), "H": aligned_like(Ht)}
-        self._den = {} if beta == 2 else {"W": aligned_like(W), "H": aligned_like(Ht)}
+        if beta == 2:
+            self._den = {}
+        elif beta == 1:
+            self._den = {side: aligned_empty((1, r), self.dtype) for side in ("W", "H")}
+        else:
+            self._den = {"W": aligned_like(W), "H": aligned_like(Ht)}
         self._gram = np.empty((r, r), dtype=self.dtype)
         self._h_terms_ready = False
 
@@ -53,4 +59,5 @@ class MU(Solver):
             den = self._den[side]
             if not ready:
                 self.op.beta_terms(side, F, G, self.beta, num, den)
-            mu_apply(F, num, den, l1, l2, self.gamma, self.tiny)
+            step = mu_apply_shared if self.beta == 1 else mu_apply
+            step(F, num, den, l1, l2, self.gamma, self.tiny)
