@@ -13,7 +13,8 @@ Three classes, one per kernel module, each parameterized over kernel x dtype x s
   fused ``dense_beta_blocks`` (MU terms for KL, IS and beta = 1.5; the KL loss rows alone) and
   ``dense_cross64``. Until 093d784 ``dense_times`` computed each block as G^T A_b^T (what
   ``dense_times_gt`` does now), so its history changes there;
-* ``FactorKernels``: ``mu_apply`` (gamma 1), ``mu_apply_gram`` (the Frobenius step with its
+* ``FactorKernels``: ``mu_apply`` (gamma 1), ``mu_apply_shared`` (the KL step's shared
+  denominator row), ``column_sums``, ``mu_apply_gram`` (the Frobenius step with its
   denominator made in the kernel), ``gram`` (F^T F by row blocks), ``hals_sweeps`` (3
   sweeps, fixed work; from the lane kernel's commit on it takes that kernel, before it was
   the loop kernel, so its history changes there) and ``hals_sweeps_loop`` (the loop kernel).
@@ -80,6 +81,10 @@ WORK = {
                      "flops; m n s + 8 (m + n) r bytes",
     "mu_apply": "F *= num / den over m x r: 4 m r flops; 4 m r s bytes",
     "gram": "F^T F by row blocks in parallel, summed in order: 2 m r^2 flops; m r s bytes",
+    "mu_apply_shared": "KL MU step, one 1 x r denominator row for all rows: 4 m r flops; "
+                       "3 m r s bytes",
+    "column_sums": "column sums of F by row blocks in parallel (float64): m r flops; "
+                   "m r s bytes",
     "mu_apply_gram": "Frobenius MU step (at this rank: den = F_i @ gram per row, r fixed): "
                      "2 m r^2 + 5 m r flops; 3 m r s + r^2 s bytes",
     "mu_apply_gram_blocks": "Frobenius MU step, den = F @ gram per 64-row block: 2 m r^2 + "
@@ -345,8 +350,8 @@ class DenseKernels(_KernelBench):
 @c.with_attrs(c.KERNEL_ATTRS)
 class FactorKernels(_KernelBench):
     """fastnmf._kernels.factor on an m x r factor, m = the rows of the sparse size."""
-    params = [["mu_apply", "mu_apply_gram", "mu_apply_gram_blocks", "gram", "hals_sweeps",
-               "hals_sweeps_loop"],
+    params = [["mu_apply", "mu_apply_shared", "mu_apply_gram", "mu_apply_gram_blocks", "gram",
+               "column_sums", "hals_sweeps", "hals_sweeps_loop"],
               list(c.DTYPES),
               list(c.KERNEL_SIZES)]
     sweeps = 3
@@ -375,10 +380,20 @@ class FactorKernels(_KernelBench):
             tiny, zero, one = T(np.sqrt(np.finfo(dtype).tiny)), T(0), T(1)
             return (lambda: f(F, num, gram, zero, zero, one, tiny),
                     2 * m * R * R + 5 * m * R, 3 * m * R * s + R * R * s)
+        if kernel == "mu_apply_shared":
+            f = _kernel("factor", "mu_apply_shared")
+            den = c.positive_factor(1, R, dtype, seed=4)
+            num = np.ascontiguousarray(np.repeat(den, m, axis=0))   # ratio 1, as mu_apply
+            tiny, zero, one = T(np.sqrt(np.finfo(dtype).tiny)), T(0), T(1)
+            return lambda: f(F, num, den, zero, zero, one, tiny), 4 * m * R, 3 * m * R * s
         if kernel == "gram":
             f = _kernel("factor", "gram")
             out = np.empty((R, R), dtype=dtype)
             return lambda: f(F, out), 2 * m * R * R, m * R * s
+        if kernel == "column_sums":
+            f = _kernel("factor", "column_sums")
+            out = np.empty(R, dtype=dtype)
+            return lambda: f(F, out), m * R, m * R * s
         f = _kernel("factor", kernel)
         G = c.positive_factor(4 * R, R, dtype, seed=5)
         Q = np.ascontiguousarray(G.T @ G)
