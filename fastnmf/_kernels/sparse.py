@@ -31,6 +31,7 @@ from .._jit import inline_helper, parallel_kernel, rank_kernel, row_kernel
 from ._fixed_rank import fits, gather_row_sum, kl_row_numerator
 from ._prefetch import U, spills, take_four
 from ._scalar import beta_divergence_entry, four_dots, row_dot
+from ._vector_math import log4
 
 N_CHUNKS = 256  # row ranges per call; static scheduling hands each thread ~N_CHUNKS/threads
 
@@ -75,6 +76,17 @@ def kl_nonzero_term(x, wh, eps):
         wh = eps
     xf = float(x)
     return xf * math.log(xf / float(wh)) - xf
+
+
+@inline_helper
+def kl_ratio(x, wh, eps):
+    """x / max(wh, eps) in float64 for ``kl_nonzero_term``'s log, 1 for x == 0 (whose term
+    x log(.) - x is then 0, as there)."""
+    if x == 0:
+        return 1.0
+    if wh < eps:
+        wh = eps
+    return x / float(wh)
 
 
 def fixed_rank_rows(*rows):
@@ -232,7 +244,9 @@ def csr_kl_loss_rows(indptr, indices, data, F, G, eps, loss_rows):
     The sum over all entries of WH is added by the caller from column sums. Four nonzeros
     at a time with the rows of G prefetched, like the KL numerator: one dot product at a
     time left each nonzero waiting on its own reduction, and an evaluation of the loss cost
-    as much as 1.2-1.7 KL iterations.
+    as much as 1.2-1.7 KL iterations. Their four logarithms are one vector (``log4``):
+    with the C library's scalar log the loss took 9.7 ms on the 50k problem (float64, 2
+    threads), about 0.85 of a KL iteration.
     """
     zero = eps - eps
     nnz = U(indptr[indptr.shape[0] - 1])
@@ -245,10 +259,12 @@ def csr_kl_loss_rows(indptr, indices, data, F, G, eps, loss_rows):
             while p + U(3) < end:
                 j0, j1, j2, j3 = take_four(G, indices, p, nnz)
                 a0, a1, a2, a3 = four_dots(F, i, G, j0, j1, j2, j3, zero)
-                acc += ((kl_nonzero_term(data[p], a0, eps)
-                         + kl_nonzero_term(data[p + U(1)], a1, eps))
-                        + (kl_nonzero_term(data[p + U(2)], a2, eps)
-                           + kl_nonzero_term(data[p + U(3)], a3, eps)))
+                x0, x1 = float(data[p]), float(data[p + U(1)])
+                x2, x3 = float(data[p + U(2)]), float(data[p + U(3)])
+                l0, l1, l2, l3 = log4(kl_ratio(x0, a0, eps), kl_ratio(x1, a1, eps),
+                                      kl_ratio(x2, a2, eps), kl_ratio(x3, a3, eps))
+                acc += (((x0 * l0 - x0) + (x1 * l1 - x1))
+                        + ((x2 * l2 - x2) + (x3 * l3 - x3)))
                 p += U(4)
             while p < end:
                 wh = row_dot(F, i, G, U(indices[p]), zero)
