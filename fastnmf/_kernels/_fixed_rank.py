@@ -26,6 +26,11 @@ r = 50 1.29x / 1.35x; 300k r = 32 float64 1.11-1.17x / 1.06-1.12x, float32 1.27x
 (there the gathered rows of W come from DRAM). KL numerator, sides W / H: float64 r = 10
 1.44x / 1.59x, r = 20 1.38x / 1.55x, r = 32 1.18x / 1.26x, r = 50 1.23x / 1.30x; float32
 1.23-1.45x / 1.27-1.53x; 300k 1.15x / 1.08x (float64), 1.24x / 1.05x (float32).
+
+``mu_gram_row`` is the Frobenius MU step of one row with its denominator F_i @ gram in
+registers. ``hals_lane_sweep`` is one HALS sweep over a group of rows held transposed, one
+row per lane of a 64-byte vector (``lanes_in`` / ``lanes_out`` move a group in and out by
+L x L shuffles); ``factor.hals_sweeps_lanes`` drives it and has its measurements.
 """
 from llvmlite import ir
 from numba import types
@@ -375,95 +380,6 @@ def lanes(itemsize):
     return LANE_BYTES // itemsize
 
 
-@intrinsic
-def hals_lane_sweep(typingctx, Ft, Pt, Q, active, change, normal, rank):
-    """One HALS sweep over L = ``lanes`` rows at once, held transposed: Ft[q, l] is entry q
-    of the group's row l, so Ft[q] is one vector of L rows (a vector lane per row) and the
-    sweep needs no horizontal sums. Pt holds P - l1 the same way; Ft, Pt are (r, L), Q is
-    (r, r), all C-contiguous, of one dtype; ``active`` (L booleans), ``change`` (L).
-
-    For k = 0 .. r-1, with r = ``rank`` fixed (the sweep is straight-line code, the rows in
-    registers): d = sum_q Q[k, q] Ft[q] (the entries before k already updated), then
-    Ft[k] <- Ft[k] + (Pt[k] - d) / Q[k, k], 0 below ``normal`` (a NaN stays NaN), except in
-    lanes not ``active`` and where Q[k, k] <= 0 (left as they were). change[l] = the sum of
-    row l's squared changes. d adds the terms of the entries not yet updated first and the
-    one updated last (q = k - 1) at the end, so a coordinate waits on its predecessor for one
-    multiply-add only; the sums keep that order (no reassociation). Dividing by Q[k, k]
-    is a multiplication by its reciprocal. No bounds checks: the caller allocates the
-    buffers."""
-    arrays = (Ft, Pt, Q)
-    if not (isinstance(rank, types.IntegerLiteral) and rank.literal_value >= 1
-            and all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C"
-                    and a.dtype == Ft.dtype for a in arrays)
-            and isinstance(Ft.dtype, types.Float)
-            and isinstance(active, types.Array) and active.dtype == types.boolean
-            and isinstance(change, types.Array) and change.dtype == Ft.dtype
-            and isinstance(normal, types.Float)):
-        return None
-    sig = types.void(Ft, Pt, Q, active, change, normal, rank)
-
-    def codegen(context, builder, signature, args):
-        t = signature.args
-        r = rank.literal_value
-        b = builder
-        rows = _Rows(context, builder, Ft.dtype, r)
-        ftype = context.get_value_type(Ft.dtype)
-        width = lanes(rows.itemsize)
-        vt = ir.VectorType(ftype, width)
-        # C-contiguous (r, L) and (r, r): every address is a constant offset from the data
-        ft_a, pt_a, q_a = (rows.array(t[k], args[k])[0] for k in range(3))
-
-        def vector(array, q):
-            return b.load(rows.pointer(array, q * width * rows.itemsize, vt),
-                          align=rows.itemsize)
-
-        def q_entry(k, q):
-            return b.load(rows.pointer(q_a, (k * r + q) * rows.itemsize, ftype))
-
-        def term(acc, k, q):
-            x = b.fmul(_splat(b, q_entry(k, q), vt), f[q], flags=EXACT)
-            return x if acc is None else b.fadd(acc, x, flags=EXACT)
-
-        def data(k):
-            return context.make_array(t[k])(context, builder, args[k]).data
-
-        byte_vector = ir.VectorType(ir.IntType(8), width)
-        flags = b.load(b.bitcast(data(3), byte_vector.as_pointer()), align=1)
-        live = b.icmp_unsigned("!=", flags, ir.Constant(byte_vector, None))
-        zero = ir.Constant(vt, None)
-        normal_v = _splat(b, context.cast(b, args[5], t[5], Ft.dtype), vt)
-        f = [vector(ft_a, q) for q in range(r)]
-        total = zero
-        for k in range(r):
-            qkk = q_entry(k, k)
-            ok = b.fcmp_ordered(">", qkk, ir.Constant(ftype, 0.0))
-            inv = _splat(b, b.fdiv(ir.Constant(ftype, 1.0), qkk), vt)
-            d = None
-            for q in range(k, r):              # entries not updated yet: ready at once
-                d = term(d, k, q)
-            earlier = None
-            for q in range(k - 1):             # updated by this sweep, in order
-                earlier = term(earlier, k, q)
-            if earlier is not None:
-                d = b.fadd(d, earlier, flags=EXACT)
-            if k:
-                d = term(d, k, k - 1)          # the entry updated just before
-            new = b.fadd(f[k], b.fmul(b.fsub(vector(pt_a, k), d, flags=EXACT), inv,
-                                      flags=EXACT), flags=EXACT)
-            new = b.select(b.fcmp_ordered("<", new, normal_v), zero, new)
-            new = b.select(ok, b.select(live, new, f[k]), f[k])
-            step = b.fsub(new, f[k], flags=EXACT)
-            total = b.fadd(total, b.fmul(step, step, flags=EXACT), flags=EXACT)
-            f[k] = new
-        for q in range(r):
-            b.store(f[q], rows.pointer(ft_a, q * width * rows.itemsize, vt),
-                    align=rows.itemsize)
-        b.store(total, b.bitcast(data(4), vt.as_pointer()), align=rows.itemsize)
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
 def _transpose(builder, v):
     """The L x L block whose rows are the L-lane vectors ``v``, transposed (its columns as
     vectors): log2(L) rounds of two-vector shuffles; round h pairs rows i and i + h and
@@ -548,10 +464,92 @@ class _Lanes(_Rows):
 
 
 def _lanes_ok(rank, *arrays):
+    """r is a literal >= 1 and the arrays are 2-D, C-contiguous, of one float dtype."""
     return (isinstance(rank, types.IntegerLiteral) and rank.literal_value >= 1
             and all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C"
                     and a.dtype == arrays[0].dtype for a in arrays)
             and isinstance(arrays[0].dtype, types.Float))
+
+
+@intrinsic
+def hals_lane_sweep(typingctx, Ft, Pt, Q, active, change, normal, rank):
+    """One HALS sweep over L = ``lanes`` rows at once, held transposed: Ft[q, l] is entry q
+    of the group's row l, so Ft[q] is one vector of L rows (a vector lane per row) and the
+    sweep needs no horizontal sums. Pt holds P - l1 the same way; Ft, Pt are (r, L), Q is
+    (r, r), all C-contiguous, of one dtype; ``active`` (L booleans), ``change`` (L).
+
+    For k = 0 .. r-1, with r = ``rank`` fixed (the sweep is straight-line code, the rows in
+    registers): d = sum_q Q[k, q] Ft[q] (the entries before k already updated), then
+    Ft[k] <- Ft[k] + (Pt[k] - d) / Q[k, k], 0 below ``normal`` (a NaN stays NaN), except in
+    lanes not ``active`` and where Q[k, k] <= 0 (left as they were). change[l] = the sum of
+    row l's squared changes. d adds the terms of the entries not yet updated first and the
+    one updated last (q = k - 1) at the end, so a coordinate waits on its predecessor for one
+    multiply-add only; the sums keep that order (no reassociation). Dividing by Q[k, k]
+    is a multiplication by its reciprocal. No bounds checks: the caller allocates the
+    buffers."""
+    if not (_lanes_ok(rank, Ft, Pt, Q)
+            and isinstance(active, types.Array) and active.dtype == types.boolean
+            and isinstance(change, types.Array) and change.dtype == Ft.dtype
+            and isinstance(normal, types.Float)):
+        return None
+    sig = types.void(Ft, Pt, Q, active, change, normal, rank)
+
+    def codegen(context, builder, signature, args):
+        t = signature.args
+        r = rank.literal_value
+        b = builder
+        g = _Lanes(context, builder, Ft.dtype, r)
+        ftype, width, vt = g.ftype, g.width, g.vt
+        # C-contiguous (r, L) and (r, r): every address is a constant offset from the data
+        ft_a, pt_a, q_a = (g.array(t[k], args[k])[0] for k in range(3))
+
+        def vector(array, q):
+            return b.load(g.lane_vector(array, q), align=g.itemsize)
+
+        def q_entry(k, q):
+            return b.load(g.pointer(q_a, (k * r + q) * g.itemsize, ftype))
+
+        def term(acc, k, q):
+            x = b.fmul(_splat(b, q_entry(k, q), vt), f[q], flags=EXACT)
+            return x if acc is None else b.fadd(acc, x, flags=EXACT)
+
+        def data(k):
+            return context.make_array(t[k])(context, builder, args[k]).data
+
+        byte_vector = ir.VectorType(ir.IntType(8), width)
+        flags = b.load(b.bitcast(data(3), byte_vector.as_pointer()), align=1)
+        live = b.icmp_unsigned("!=", flags, ir.Constant(byte_vector, None))
+        zero = ir.Constant(vt, None)
+        normal_v = _splat(b, context.cast(b, args[5], t[5], Ft.dtype), vt)
+        f = [vector(ft_a, q) for q in range(r)]
+        total = zero
+        for k in range(r):
+            qkk = q_entry(k, k)
+            ok = b.fcmp_ordered(">", qkk, ir.Constant(ftype, 0.0))
+            inv = _splat(b, b.fdiv(ir.Constant(ftype, 1.0), qkk), vt)
+            d = None
+            for q in range(k, r):              # entries not updated yet: ready at once
+                d = term(d, k, q)
+            earlier = None
+            for q in range(k - 1):             # updated by this sweep, in order
+                earlier = term(earlier, k, q)
+            if earlier is not None:
+                d = b.fadd(d, earlier, flags=EXACT)
+            if k:
+                d = term(d, k, k - 1)          # the entry updated just before
+            new = b.fadd(f[k], b.fmul(b.fsub(vector(pt_a, k), d, flags=EXACT), inv,
+                                      flags=EXACT), flags=EXACT)
+            new = b.select(b.fcmp_ordered("<", new, normal_v), zero, new)
+            new = b.select(ok, b.select(live, new, f[k]), f[k])
+            step = b.fsub(new, f[k], flags=EXACT)
+            total = b.fadd(total, b.fmul(step, step, flags=EXACT), flags=EXACT)
+            f[k] = new
+        for q in range(r):
+            b.store(f[q], g.lane_vector(ft_a, q), align=g.itemsize)
+        b.store(total, b.bitcast(data(4), vt.as_pointer()), align=g.itemsize)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @intrinsic
