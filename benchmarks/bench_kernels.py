@@ -57,8 +57,10 @@ WORK = {
                              "nnz (s + i) + 2 m r s + n r s bytes",
     "csr_kl_numerator_add": "out += the KL numerator (a later panel of X^T): nnz (4 r + 1) "
                             "flops; nnz (s + i) + 3 m r s + n r s bytes",
-    "csr_kl_loss_rows": "KL loss per row over the nonzeros: 2 nnz r flops; "
-                        "nnz (s + i) + m r s + n r s + 8 m bytes",
+    "csr_kl_loss_rows": "KL loss per row over the nonzeros (at this rank the fixed-rank "
+                        "kernel): 2 nnz r flops; nnz (s + i) + m r s + n r s + 8 m bytes",
+    "csr_kl_loss_rows_loop": "KL loss rows by the loop kernel: 2 nnz r flops; "
+                             "nnz (s + i) + m r s + n r s + 8 m bytes",
     "csr_beta_all_entries": "beta = 1.5 MU terms over all m n entries: 6 m n r flops; "
                             "nnz (s + i) + 3 m r s + n r s bytes",
     "csr_beta_all_entries_loss": "beta = 1.5 loss over all m n entries: 2 m n r flops; "
@@ -198,7 +200,7 @@ class SparseKernels(_KernelBench):
     all-entries kernel on _common.ALL_ENTRIES_SIZES), r = KERNEL_RANK."""
     params = [["csr_times_dense", "csr_times_dense_T", "csr_times_dense_loop",
                "csr_times_dense_add", "csr_kl_numerator", "csr_kl_numerator_loop",
-               "csr_kl_numerator_add", "csr_kl_loss_rows",
+               "csr_kl_numerator_add", "csr_kl_loss_rows", "csr_kl_loss_rows_loop",
                "csr_beta_all_entries", "csr_beta_all_entries_loss"],
               list(c.DTYPES), list(c.KERNEL_SIZES)]
 
@@ -232,8 +234,8 @@ class SparseKernels(_KernelBench):
             f, out, eps = _kernel("sparse", kernel), np.zeros_like(W), _eps(dtype, 1.0)
             return (lambda: f(X.indptr, X.indices, X.data, W, Ht, eps, out),
                     nz * (4 * R + 1), base + factors + m * R * s)
-        if kernel == "csr_kl_loss_rows":
-            f, eps = _kernel("sparse", "csr_kl_loss_rows"), _eps(dtype, 1.0)
+        if kernel in ("csr_kl_loss_rows", "csr_kl_loss_rows_loop"):
+            f, eps = _kernel("sparse", kernel), _eps(dtype, 1.0)
             return (lambda: f(X.indptr, X.indices, X.data, W, Ht, eps, rows),
                     2 * nz * R, base + factors + 8 * m)
         f = _kernel("sparse", "csr_beta_all_entries")

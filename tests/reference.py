@@ -162,13 +162,15 @@ def mu_factor_step(F, num, den, l1, l2, gamma, tiny):
 
 def hals_sweep_row(f, p, Q, l1, normal=0.0):
     """One coordinate-descent sweep k = 0..r-1 on one row f for
-    min 0.5 f Q f^T - (p - l1) . f,  f >= 0.  Coordinates with Q_kk <= 0 are skipped.
+    min 0.5 f Q f^T - (p - l1) . f,  f >= 0.  Coordinates with Q_kk <= 0 or below ``normal``
+    (the smallest normal number of the factors' dtype: 1 / Q_kk would overflow there) are
+    skipped.
     Returns (new f, squared change of the sweep)."""
     f = np.array(f, dtype=np.float64)
     r = f.shape[0]
     change = 0.0
     for k in range(r):
-        if Q[k, k] <= 0:
+        if Q[k, k] <= 0 or Q[k, k] < normal:
             continue
         grad = float(f @ Q[:, k]) - (p[k] - l1)       # d/df_k of the objective
         new = max(0.0, f[k] - grad / Q[k, k])           # exact minimizer in f_k, clipped

@@ -255,10 +255,12 @@ def test_csr_kl_loss_rows(dtype, idx_dtype, threads):
     assert (rows[list(EMPTY_ROWS)] == 0).all()
 
 
+@pytest.mark.parametrize("kernel", ["csr_kl_loss_rows", "csr_kl_loss_rows_loop"])
 @pytest.mark.parametrize("r", [3, 20])
 @pytest.mark.parametrize("idx_dtype", IDX_DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_csr_kl_loss_rows_every_position_of_the_four_way_loop(dtype, idx_dtype, r, threads):
+def test_csr_kl_loss_rows_every_position_of_the_four_way_loop(dtype, idx_dtype, r, kernel,
+                                                               threads):
     """Row i holds i nonzeros (0..11), so rows end in every remainder of the four-at-a-time
     loop; stored zeros and entries whose WH falls below the guard sit at every position mod 4
     (columns 1 and 6 are stored zeros, H^T rows 2 and 9 are 0 so WH = 0 < eps there)."""
@@ -280,11 +282,29 @@ def test_csr_kl_loss_rows_every_position_of_the_four_way_loop(dtype, idx_dtype, 
     Ht = np.ascontiguousarray(Ht, dtype=dtype)
     eps = kernel_eps(dtype)
     rows = np.full(m, np.nan)
-    ks.csr_kl_loss_rows(A.indptr, A.indices, A.data, W, Ht, eps, rows)
+    getattr(ks, kernel)(A.indptr, A.indices, A.data, W, Ht, eps, rows)
     Y = ref.guarded_model(W, Ht, float(eps))
     expected = ref.beta_divergence_rows(A, Y, 1) - Y.sum(axis=1)
     assert_close(rows, expected, RTOL_LOSS[dtype], "KL loss rows, all remainders")
     assert rows[0] == 0
+
+
+def test_csr_kl_loss_rows_values_outside_the_vector_log():
+    """A group of four nonzeros whose ratio x / wh is subnormal (tiny x) or that meets a NaN
+    in the factors takes the scalar log: the same terms as the reference, NaN where the
+    factor row is NaN (not hidden)."""
+    x = np.array([[1e-310, 2.0, 3.0, 4.0, 5.0], [1.0, 2.0, 3.0, 4.0, 5.0]])
+    A = sp.csr_matrix(x)
+    W = np.full((2, 6), 0.5)
+    Ht = np.full((5, 6), 0.5)
+    rows = np.full(2, np.nan)
+    ks.csr_kl_loss_rows(A.indptr, A.indices, A.data, W, Ht, kernel_eps(np.float64), rows)
+    wh = 1.5
+    expected = (x * np.log(x / wh) - x).sum(axis=1)
+    assert_close(rows, expected, 1e-14, "subnormal ratio")
+    W[1, 2] = np.nan
+    ks.csr_kl_loss_rows(A.indptr, A.indices, A.data, W, Ht, kernel_eps(np.float64), rows)
+    assert np.isfinite(rows[0]) and np.isnan(rows[1])
 
 
 @pytest.mark.parametrize("r", [3, 20])
@@ -359,6 +379,28 @@ def test_csr_kl_numerator_every_rank(dtype, idx_dtype):
         out = np.full((40, r), np.nan, dtype=dtype)
         ks.csr_kl_numerator(A.indptr, A.indices, A.data, F, G, eps, out)
         assert_close(out, ref.kl_numerator(A, F, G, float(eps)), RTOL[dtype], f"r = {r}")
+
+
+@pytest.mark.parametrize("dtype,idx_dtype", FIXED_CASES, ids=lambda d: np.dtype(d).name)
+def test_csr_kl_loss_rows_every_rank(dtype, idx_dtype):
+    """The KL loss rows at every rank of ``FIXED_RANKS`` (both kernels, by the rule) against
+    the reference, with stored zeros and gathered rows of zeros (the guard applies)."""
+    rng = np.random.default_rng(9)
+    A = sp.random(40, 30, density=0.2, format="csr", random_state=rng, dtype=np.float64)
+    A.data = rng.integers(0, 9, size=A.nnz).astype(np.float64)   # some stored zeros
+    A = sp.csr_matrix((A.data.astype(dtype), A.indices.astype(idx_dtype),
+                       A.indptr.astype(idx_dtype)), shape=A.shape)
+    eps = kernel_eps(dtype)
+    for r in FIXED_RANKS:
+        F = np.ascontiguousarray(rng.uniform(0.2, 1.2, (40, r)), dtype=dtype)
+        G = rng.uniform(0.2, 1.2, (30, r))
+        G[[3, 17]] = 0.0
+        G = np.ascontiguousarray(G, dtype=dtype)
+        rows = np.full(40, np.nan)
+        ks.csr_kl_loss_rows(A.indptr, A.indices, A.data, F, G, eps, rows)
+        Y = ref.guarded_model(F, G, float(eps))
+        expected = ref.beta_divergence_rows(A, Y, 1) - Y.sum(axis=1)
+        assert_close(rows, expected, RTOL_LOSS[dtype], f"r = {r}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
@@ -534,7 +576,7 @@ def test_row_kernels_every_vector_remainder(dtype, idx_dtype, r, copy):
     loss, and the HALS sweeps, in all three compiled copies of each (whichever the rank
     would pick)."""
     kern = {name: getattr(mod, name).__dict__[copy] for mod, name in (
-        (ks, "csr_times_dense_loop"), (ks, "csr_kl_numerator_loop"), (ks, "csr_kl_loss_rows"),
+        (ks, "csr_times_dense_loop"), (ks, "csr_kl_numerator_loop"), (ks, "csr_kl_loss_rows_loop"),
         (kf, "hals_sweeps_loop"))}
     rng = np.random.default_rng(r)
     X = make_X(dtype)
@@ -552,7 +594,7 @@ def test_row_kernels_every_vector_remainder(dtype, idx_dtype, r, copy):
         assert_close(out, ref.kl_numerator(mat, F, G, float(eps)), RTOL[dtype],
                      f"KL numerator {what} r={r}")
     rows = np.full(M, np.nan)
-    kern["csr_kl_loss_rows"](A.indptr, A.indices, A.data, W, Ht, eps, rows)
+    kern["csr_kl_loss_rows_loop"](A.indptr, A.indices, A.data, W, Ht, eps, rows)
     Y = ref.guarded_model(W, Ht, float(eps))
     assert_close(rows, ref.beta_divergence_rows(A, Y, 1) - Y.sum(axis=1), RTOL_LOSS[dtype],
                  f"KL loss rows r={r}")
@@ -890,16 +932,17 @@ LANE_RANKS = {np.float64: [1, 3, 8, 13, 20], np.float32: [1, 5, 16, 20, 33]}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_hals_sweeps_lanes_every_block_shape(dtype):
+def test_hals_sweeps_lanes_every_block_shape(dtype, threads):
     """The lane kernel at ranks that cut a row into every shape of transposed block, with
-    whole and part groups (m = 2L + 3, m < L) and no rows, against the reference; rows that
-    stop at different sweeps, a NaN in P (its row stays NaN, the others are unaffected),
-    l1 > 0, and a coordinate with Q_kk = 0."""
+    whole and part groups (m = 2L + 3, m < L), no rows, and more groups than one task
+    takes (a part task at the end), against the reference; rows that stop at different
+    sweeps, a NaN in P (its row stays NaN, the others are unaffected), l1 > 0, and a
+    coordinate with Q_kk = 0."""
     T = np.dtype(dtype).type
     L = _fixed_rank.lanes(np.dtype(dtype).itemsize)
     rng = np.random.default_rng(21)
     for r in LANE_RANKS[dtype]:
-        for m in (2 * L + 3, L - 1, 0):
+        for m in (2 * L + 3, L - 1, 0, (kf.GROUPS_PER_TASK + 2) * L + 5):
             G = rng.uniform(0.0, 1.0, (15, r))
             F = rng.uniform(0.0, 2.0, (m, r)).astype(dtype)
             P = (rng.uniform(0.0, 1.0, (m, 15)) @ G).astype(dtype)
@@ -914,6 +957,49 @@ def test_hals_sweeps_lanes_every_block_shape(dtype):
                 assert np.isnan(F[4, 0])     # not hidden (the reference's max() drops it)
                 F[4] = expected[4] = 0
             assert_close(F, expected, RTOL_STEP[dtype], f"r = {r}, m = {m}")
+
+
+@pytest.mark.parametrize("kernel", ["hals_sweeps", "hals_sweeps_loop"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_hals_sweeps_tiny_or_nan_diagonal(dtype, kernel):
+    """A Q_kk below the smallest normal number (a column of G whose squared norm
+    underflows) skips coordinate k instead of dividing by it (1 / Q_kk = inf made 0 * inf =
+    NaN); a NaN Q_kk is not skipped, so the NaN shows. Both sweep kernels."""
+    rng = np.random.default_rng(24)
+    r = 5
+    G = rng.uniform(0.0, 1.0, (15, r))
+    F = rng.uniform(0.0, 2.0, (20, r)).astype(dtype)
+    F[0] = 0
+    P = (rng.uniform(0.0, 1.0, (20, 15)) @ G).astype(dtype)
+    P[0] = 0                         # a zero row of X: P - d = 0 at every coordinate
+    Q = (G.T @ G).astype(dtype)
+    Q[1, :] = Q[:, 1] = 0
+    Q[1, 1] = np.finfo(dtype).tiny / 8       # subnormal
+    expected = ref.hals_sweeps(F, P, Q, 0.0, 3, 0.0)
+    out = F.copy()
+    getattr(kf, kernel)(out, P, Q, dtype(0), 3, dtype(0))
+    assert np.isfinite(out).all()
+    assert np.array_equal(out[:, 1], F[:, 1])
+    assert_close(out, expected, RTOL_STEP[dtype], "subnormal Q_kk")
+    Q[1, 1] = np.nan
+    out = F.copy()
+    getattr(kf, kernel)(out, P, Q, dtype(0), 3, dtype(0))
+    assert np.isnan(out[1:, 1]).all()
+
+
+def test_hals_sweeps_takes_python_scalars():
+    """``hals_sweeps`` takes l1 and delta_sq as Python numbers for either dtype (they are
+    converted to the factors' dtype, as the loop kernel accepted them)."""
+    rng = np.random.default_rng(25)
+    G = rng.uniform(0.0, 1.0, (15, 4))
+    for dtype in DTYPES:
+        F = rng.uniform(0.0, 2.0, (20, 4)).astype(dtype)
+        P = (rng.uniform(0.0, 1.0, (20, 15)) @ G).astype(dtype)
+        Q = (G.T @ G).astype(dtype)
+        expected = ref.hals_sweeps(F, P, Q, 0.1, 3, 0.01)
+        kf.hals_sweeps(F, P, Q, 0.1, 3, 0.01)
+        kf.hals_sweeps(F[:0], P[:0], Q, 0, 3, 0)
+        assert_close(F, expected, RTOL_STEP[dtype], np.dtype(dtype).name)
 
 
 def test_hals_sweeps_lanes_rows_are_independent():
@@ -1553,7 +1639,8 @@ KERNELS = {
     "csr_times_dense_fixed": ks.csr_times_dense_fixed,
     "csr_kl_numerator_loop": ks.csr_kl_numerator_loop,
     "csr_kl_numerator_fixed": ks.csr_kl_numerator_fixed,
-    "csr_kl_loss_rows": ks.csr_kl_loss_rows,
+    "csr_kl_loss_rows_fixed": ks.csr_kl_loss_rows_fixed,
+    "csr_kl_loss_rows_loop": ks.csr_kl_loss_rows_loop,
     "csr_beta_all_entries": ks.csr_beta_all_entries,
     "dense_times": kd.dense_times,
     "dense_times_gt": kd.dense_times_gt,
@@ -1785,7 +1872,8 @@ def test_row_kernels_pickle_by_reference():
     import pickle
     for kern in (ks.csr_times_dense, ks.csr_times_dense_loop, ks.csr_times_dense_fixed,
                  ks.csr_kl_numerator, ks.csr_kl_numerator_loop, ks.csr_kl_numerator_fixed,
-                 ks.csr_kl_loss_rows, kf.hals_sweeps, kf.hals_sweeps_lanes,
+                 ks.csr_kl_loss_rows, ks.csr_kl_loss_rows_fixed, ks.csr_kl_loss_rows_loop,
+                 kf.hals_sweeps, kf.hals_sweeps_lanes,
                  kf.hals_sweeps_loop):
         assert pickle.loads(pickle.dumps(kern)) is kern
 

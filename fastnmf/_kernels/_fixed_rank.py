@@ -32,6 +32,8 @@ registers. ``hals_lane_sweep`` is one HALS sweep over a group of rows held trans
 row per lane of a 64-byte vector (``lanes_in`` / ``lanes_out`` move a group in and out by
 L x L shuffles); ``factor.hals_sweeps_lanes`` drives it and has its measurements.
 """
+import math
+
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -39,6 +41,7 @@ from numba.extending import intrinsic
 
 from .._jit import VECTOR_BYTES
 from ._prefetch import LINE, PREFETCH_DISTANCE
+from ._vector_math import log_lanes
 
 MAX_ROW_BYTES = 512   # rows up to 16 32-byte sums (float64 r <= 64, float32 r <= 128)
 
@@ -177,6 +180,38 @@ class _Rows:
             v = b.extract_element(v, ir.Constant(ir.IntType(32), 0))
         return v
 
+    def folded(self, f, g, width):
+        """The products f * g of the row's pieces summed into one vector of ``width`` lanes
+        (its lanes add up to f . g): wider pieces halved down to it, narrower ones
+        zero-padded."""
+        b = self.builder
+        v = None
+        for (_, t), fv, gv in zip(self.pieces, f, g):
+            x = b.fmul(fv, gv, flags=FLAGS)
+            if not isinstance(t, ir.VectorType):
+                x = b.insert_element(ir.Constant(ir.VectorType(t, 1), None), x,
+                                     ir.Constant(ir.IntType(32), 0))
+            while x.type.count > width:
+                x = self._halve(x)
+            x = _resize(b, x, width)
+            v = x if v is None else b.fadd(v, x, flags=FLAGS)
+        return v
+
+    def dots4(self, f, gs):
+        """(f . gs[0], ..., f . gs[3]) as one 4-lane vector: each row's products folded to 4
+        lanes, then the four reduced together (two rounds of two shuffles and an add per
+        pair) instead of one reduction to a single lane per row."""
+        b = self.builder
+        v = [self.folded(f, g, 4) for g in gs]
+        lanes4 = ir.VectorType(ir.IntType(32), 4)
+
+        def pair(x, y, low, high):
+            return b.fadd(b.shuffle_vector(x, y, ir.Constant(lanes4, low)),
+                          b.shuffle_vector(x, y, ir.Constant(lanes4, high)), flags=FLAGS)
+        a = pair(v[0], v[1], [0, 1, 4, 5], [2, 3, 6, 7])    # (x0+x2, x1+x3, y0+y2, y1+y3)
+        c = pair(v[2], v[3], [0, 1, 4, 5], [2, 3, 6, 7])
+        return pair(a, c, [0, 2, 4, 6], [1, 3, 5, 7])
+
     def _halve(self, v):
         """The sum of the low and the high half of vector v (a vector of half the lanes, or
         a scalar from two lanes)."""
@@ -217,25 +252,45 @@ class _RowCode(_Rows):
         x = self.builder.load(self.builder.gep(self.data, [p]))
         return self.context.cast(self.builder, x, self.data_dtype, self.dtype)
 
-    def over_nonzeros(self, body):
+    def over_nonzeros(self, body, batch=1, batch_body=None):
         """``body(p, address of B's row indices[p])`` for the row's nonzeros p in [start,
         end), in order, each after the hint for the gathered row of nonzero p +
         PREFETCH_DISTANCE (while < nnz: one hint per 64 bytes, plus its last byte where
         ``spill``). Grouping two or four nonzeros per trip (their dot products side by side,
-        as the loop kernels do) measured no faster here: 0.82-1.17x for the KL numerator."""
+        as the loop kernels do) measured no faster for the products and the KL numerator
+        (0.82-1.17x); the KL loss, whose logarithms go four to a vector, takes runs of
+        ``batch`` nonzeros to ``batch_body(p, [row addresses])`` first (their hints
+        first), the rest of the row to ``body``."""
+        counter = cgutils.alloca_once_value(self.builder, self.start)
+        if batch > 1:
+            self._loop(counter, batch, lambda p: self._batch(p, batch, batch_body))
+        self._loop(counter, 1, lambda p: self._single(p, body))
+
+    def _single(self, p, body):
+        self._hint(p)
+        body(p, self.row(self.B, self.column(p)))
+
+    def _batch(self, p, batch, batch_body):
         b, i64 = self.builder, self.i64
-        counter = cgutils.alloca_once_value(b, self.start)
+        ps = [b.add(p, ir.Constant(i64, j)) for j in range(batch)]
+        for q in ps:
+            self._hint(q)
+        batch_body(p, [self.row(self.B, self.column(q)) for q in ps])
+
+    def _loop(self, counter, step, body):
+        """While counter + step <= end: body(counter); counter += step."""
+        b, i64 = self.builder, self.i64
         test_bb = b.append_basic_block("row.test")
         body_bb = b.append_basic_block("row.body")
         done_bb = b.append_basic_block("row.done")
         b.branch(test_bb)
         b.position_at_end(test_bb)
         p = b.load(counter)
-        b.cbranch(b.icmp_signed("<", p, self.end), body_bb, done_bb)
+        last = p if step == 1 else b.add(p, ir.Constant(i64, step - 1))
+        b.cbranch(b.icmp_signed("<", last, self.end), body_bb, done_bb)
         b.position_at_end(body_bb)
-        self._hint(p)
-        body(p, self.row(self.B, self.column(p)))
-        b.store(b.add(p, ir.Constant(i64, 1)), counter)
+        body(p)
+        b.store(b.add(p, ir.Constant(i64, step)), counter)
         b.branch(test_bb)
         b.position_at_end(done_bb)
 
@@ -318,6 +373,74 @@ def kl_row_numerator(typingctx, out, i, F, G, indices, data, start, end, nnz, sp
         code.over_nonzeros(body)
         code.store_row(out_row, [builder.load(acc) for acc in sums])
         return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def kl_row_loss(typingctx, i, F, G, indices, data, start, end, nnz, spill, eps, rank):
+    """The KL loss terms of row i in float64: the sum over p in [start, end) of
+    x log(x / wh) - x, x = data[p], wh = max(F[i] . G[indices[p]], eps) (a NaN dot product
+    stays NaN), 0 for x = 0 (``sparse.kl_nonzero_term``). Four nonzeros at a time: their dot
+    products reduced together (``_Rows.dots4``) and their logarithms as one vector
+    (``_vector_math.log_lanes``); the rest of the row one at a time."""
+    if not _typing_ok(rank, F, G) or eps != G.dtype:
+        return None
+    sig = types.float64(i, F, G, indices, data, start, end, nnz, spill, eps, rank)
+
+    def codegen(context, builder, signature, args):
+        t = signature.args
+        b = builder
+        code = _RowCode(context, builder, signature, args, rank.literal_value, B=2, indices=3,
+                        data=4, start=5, end=6, nnz=7, spill=8)
+        row = context.cast(builder, args[0], t[0], types.intp)
+        f = code.load_row(code.row(code.array(t[1], args[1]), row))
+        eps_v = args[9]
+        f64 = ir.DoubleType()
+        v4 = ir.VectorType(f64, 4)
+        ftype = context.get_value_type(code.dtype)
+
+        def wide(x, vector):
+            return x if code.dtype.bitwidth == 64 else b.fpext(x, v4 if vector else f64)
+
+        def value64(p):
+            x = b.load(b.gep(code.data, [p]))
+            return context.cast(b, x, code.data_dtype, types.float64)
+
+        def terms(x, wh, log):
+            """x log(x / wh) - x, 0 where x = 0 (the ratio 1 there: log 1 = 0)."""
+            one = ir.Constant(x.type, [1.0] * 4 if isinstance(x.type, ir.VectorType) else 1.0)
+            zero = ir.Constant(x.type, None)
+            ratio = b.select(b.fcmp_ordered("==", x, zero), one, b.fdiv(x, wh))
+            return b.fsub(b.fmul(x, log(ratio)), x)
+
+        total4 = cgutils.alloca_once_value(b, ir.Constant(v4, None))
+        total = cgutils.alloca_once_value(b, ir.Constant(f64, None))
+
+        def batch_body(p, g_rows):
+            wh = code.dots4(f, [code.load_row(a) for a in g_rows])
+            eps4 = _splat(b, eps_v, ir.VectorType(ftype, 4))
+            wh = wide(b.select(b.fcmp_ordered("<", wh, eps4), eps4, wh), True)
+            x = ir.Constant(v4, ir.Undefined)
+            for j in range(4):
+                x = b.insert_element(x, value64(b.add(p, ir.Constant(code.i64, j))),
+                                     ir.Constant(ir.IntType(32), j))
+            b.store(b.fadd(b.load(total4), terms(x, wh, lambda v: log_lanes(context, b, v))),
+                    total4)
+
+        scalar_log = context.get_function(math.log, types.float64(types.float64))
+
+        def body(p, g_row):
+            wh = code.dot(f, code.load_row(g_row))
+            wh = wide(b.select(b.fcmp_ordered("<", wh, eps_v), eps_v, wh), False)
+            b.store(b.fadd(b.load(total), terms(value64(p), wh,
+                                                lambda v: scalar_log(b, [v]))), total)
+
+        code.over_nonzeros(body, 4, batch_body)
+        t4 = b.load(total4)
+        lanes = [b.extract_element(t4, ir.Constant(ir.IntType(32), j)) for j in range(4)]
+        return b.fadd(b.fadd(b.fadd(lanes[0], lanes[1]), b.fadd(lanes[2], lanes[3])),
+                      b.load(total))
 
     return sig, codegen
 
@@ -481,10 +604,12 @@ def hals_lane_sweep(typingctx, Ft, Pt, Q, active, change, normal, rank):
     For k = 0 .. r-1, with r = ``rank`` fixed (the sweep is straight-line code, the rows in
     registers): d = sum_q Q[k, q] Ft[q] (the entries before k already updated), then
     Ft[k] <- Ft[k] + (Pt[k] - d) / Q[k, k], 0 below ``normal`` (a NaN stays NaN), except in
-    lanes not ``active`` and where Q[k, k] <= 0 (left as they were). change[l] = the sum of
-    row l's squared changes. d adds the terms of the entries not yet updated first and the
-    one updated last (q = k - 1) at the end, so a coordinate waits on its predecessor for one
-    multiply-add only; the sums keep that order (no reassociation). Dividing by Q[k, k]
+    lanes not ``active`` (left as they were). change[l] = the sum of row l's squared
+    changes. Q[k, k] below ``normal`` (including <= 0) skips coordinate k, as in
+    ``factor.hals_sweeps_loop`` (its reciprocal would overflow); a NaN Q[k, k] does not (the
+    NaN shows in the result). d adds the terms of the entries not yet updated first and the
+    one updated last (q = k - 1) at the end, so a coordinate waits on its predecessor for
+    one multiply-add only; the sums keep that order (no reassociation). Dividing by Q[k, k]
     is a multiplication by its reciprocal. No bounds checks: the caller allocates the
     buffers."""
     if not (_lanes_ok(rank, Ft, Pt, Q)
@@ -520,12 +645,13 @@ def hals_lane_sweep(typingctx, Ft, Pt, Q, active, change, normal, rank):
         flags = b.load(b.bitcast(data(3), byte_vector.as_pointer()), align=1)
         live = b.icmp_unsigned("!=", flags, ir.Constant(byte_vector, None))
         zero = ir.Constant(vt, None)
-        normal_v = _splat(b, context.cast(b, args[5], t[5], Ft.dtype), vt)
+        normal_s = context.cast(b, args[5], t[5], Ft.dtype)
+        normal_v = _splat(b, normal_s, vt)
         f = [vector(ft_a, q) for q in range(r)]
         total = zero
         for k in range(r):
             qkk = q_entry(k, k)
-            ok = b.fcmp_ordered(">", qkk, ir.Constant(ftype, 0.0))
+            ok = b.fcmp_unordered(">=", qkk, normal_s)   # as hals_sweeps_loop: NaN goes on
             inv = _splat(b, b.fdiv(ir.Constant(ftype, 1.0), qkk), vt)
             d = None
             for q in range(k, r):              # entries not updated yet: ready at once

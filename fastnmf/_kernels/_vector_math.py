@@ -16,7 +16,7 @@ are positive, normal and finite take this path; if any of the four is not, all f
 ``math.log`` (zero, subnormal, inf and NaN keep the C library's results).
 """
 import math
-from decimal import Decimal, getcontext
+from decimal import Decimal, localcontext
 
 import numpy as np
 from llvmlite import ir
@@ -26,11 +26,12 @@ from numba.extending import intrinsic
 
 def _ln2_split():
     """(hi, lo): hi = ln 2 with the low 32 bits of its significand cleared, lo = ln 2 - hi."""
-    getcontext().prec = 40
-    ln2 = Decimal(2).ln()
-    bits = np.float64(float(ln2)).view(np.uint64) & np.uint64(0xFFFFFFFF00000000)
-    hi = float(bits.view(np.float64))
-    return hi, float(ln2 - Decimal(hi))
+    with localcontext() as ctx:      # the caller's decimal context stays as it was
+        ctx.prec = 40
+        ln2 = Decimal(2).ln()
+        bits = np.float64(float(ln2)).view(np.uint64) & np.uint64(0xFFFFFFFF00000000)
+        hi = float(bits.view(np.float64))
+        return hi, float(ln2 - Decimal(hi))
 
 
 LN2_HI, LN2_LO = _ln2_split()
@@ -71,6 +72,33 @@ def vector_log(builder, v):
     return b.fadd(b.fmul(ef, dconst(LN2_HI), flags=EXACT), rest, flags=EXACT)
 
 
+def log_lanes(context, builder, v):
+    """IR: the natural logarithm of each lane of the float64 vector ``v``: ``vector_log``
+    when every lane is positive, normal and finite, else ``math.log`` lane by lane."""
+    n = v.type.count
+    vd = v.type
+    normal = builder.fcmp_ordered(">=", v, ir.Constant(vd, [np.finfo(np.float64).tiny] * n))
+    finite = builder.fcmp_ordered("<", v, ir.Constant(vd, [math.inf] * n))
+    lanes = builder.bitcast(builder.and_(normal, finite), ir.IntType(n))
+    fast = builder.icmp_unsigned("==", lanes, ir.Constant(ir.IntType(n), (1 << n) - 1))
+    scalar_log = context.get_function(math.log, types.float64(types.float64))
+    with builder.if_else(fast, likely=True) as (vector_path, scalar_path):
+        with vector_path:
+            quick = vector_log(builder, v)
+            quick_block = builder.block
+        with scalar_path:
+            slow = ir.Constant(vd, ir.Undefined)
+            for j in range(n):
+                lane = ir.Constant(ir.IntType(32), j)
+                slow = builder.insert_element(
+                    slow, scalar_log(builder, [builder.extract_element(v, lane)]), lane)
+            slow_block = builder.block
+    result = builder.phi(vd)
+    result.add_incoming(quick, quick_block)
+    result.add_incoming(slow, slow_block)
+    return result
+
+
 @intrinsic
 def log4(typingctx, a, b, c, d):
     """(log a, log b, log c, log d) for four float64s, as one vector (``vector_log``) when
@@ -81,31 +109,11 @@ def log4(typingctx, a, b, c, d):
     sig = out(a, b, c, d)
 
     def codegen(context, builder, signature, args):
-        f64 = ir.DoubleType()
-        vd = ir.VectorType(f64, LANES)
+        vd = ir.VectorType(ir.DoubleType(), LANES)
         v = ir.Constant(vd, ir.Undefined)
         for j, x in enumerate(args):
             v = builder.insert_element(v, x, ir.Constant(ir.IntType(32), j))
-        normal = builder.fcmp_ordered(">=", v, ir.Constant(vd, [np.finfo(np.float64).tiny]
-                                                          * LANES))
-        finite = builder.fcmp_ordered("<", v, ir.Constant(vd, [math.inf] * LANES))
-        lanes = builder.bitcast(builder.and_(normal, finite), ir.IntType(LANES))
-        fast = builder.icmp_unsigned("==", lanes, ir.Constant(ir.IntType(LANES),
-                                                              (1 << LANES) - 1))
-        scalar_log = context.get_function(math.log, types.float64(types.float64))
-        with builder.if_else(fast, likely=True) as (vector_path, scalar_path):
-            with vector_path:
-                quick = vector_log(builder, v)
-                quick_block = builder.block
-            with scalar_path:
-                slow = ir.Constant(vd, ir.Undefined)
-                for j, x in enumerate(args):
-                    slow = builder.insert_element(slow, scalar_log(builder, [x]),
-                                                  ir.Constant(ir.IntType(32), j))
-                slow_block = builder.block
-        result = builder.phi(vd)
-        result.add_incoming(quick, quick_block)
-        result.add_incoming(slow, slow_block)
+        result = log_lanes(context, builder, v)
         return context.make_tuple(builder, out, [
             builder.extract_element(result, ir.Constant(ir.IntType(32), j))
             for j in range(LANES)])

@@ -190,10 +190,11 @@ def hals_sweeps(F, P, Q, l1, max_sweeps, delta_sq):
     ``hals_sweeps_lanes`` for C-contiguous arrays of one dtype up to r =
     ``HALS_LANE_MAX_RANK``, else by the loop kernel."""
     r = F.shape[1]
-    if r <= HALS_LANE_MAX_RANK.get(F.itemsize, 0) and all(
+    T = F.dtype.type     # the scalars in F's dtype: a float32 sweep stays float32
+    if 1 <= r <= HALS_LANE_MAX_RANK.get(F.itemsize, 0) and all(
             a.flags.c_contiguous and a.dtype == F.dtype for a in (F, P, Q)):
-        return hals_sweeps_lanes(F, P, Q, l1, max_sweeps, delta_sq)
-    return hals_sweeps_loop(F, P, Q, l1, max_sweeps, delta_sq)
+        return hals_sweeps_lanes(F, P, Q, T(l1), max_sweeps, T(delta_sq))
+    return hals_sweeps_loop(F, P, Q, T(l1), max_sweeps, T(delta_sq))
 
 
 @rank_kernel
@@ -275,7 +276,8 @@ def hals_sweeps_loop(F, P, Q, l1, max_sweeps, delta_sq):
     ``Q`` is G^T G (symmetric) with the L2 weight already on its diagonal, ``P`` = A G. Each
     row repeats its sweep over the r coordinates (Gillis & Glineur 2012) until the squared
     change of a sweep falls below ``delta_sq`` times that of its first sweep, at most
-    ``max_sweeps`` times. Coordinates with Q_kk == 0 (an all-zero column of G) are left alone.
+    ``max_sweeps`` times. Coordinates with Q_kk below the smallest normal number (an all-zero
+    column of G, or one whose squared norm underflows) are left alone.
 
     A coordinate update is a short dot product followed by a division, and the next
     coordinate of the same row waits for it: a latency chain. Sweeping ROW_GROUP rows
@@ -307,7 +309,7 @@ def hals_sweeps_loop(F, P, Q, l1, max_sweeps, delta_sq):
                 whole = whole and active[ii]
             for k in range(r):
                 qkk = Q[k, k]
-                if qkk <= zero:
+                if qkk < normal:    # 1 / Q_kk would overflow; a NaN goes on (and shows)
                     continue
                 if whole:   # all eight rows' dot products in one pass over Q's row k
                     i = s0

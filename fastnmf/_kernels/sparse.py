@@ -28,7 +28,7 @@ import numpy as np
 from numba import prange
 
 from .._jit import inline_helper, parallel_kernel, rank_kernel, row_kernel
-from ._fixed_rank import fits, gather_row_sum, kl_row_numerator
+from ._fixed_rank import fits, gather_row_sum, kl_row_loss, kl_row_numerator
 from ._prefetch import U, spills, take_four
 from ._scalar import beta_divergence_entry, four_dots, row_dot
 from ._vector_math import log4
@@ -237,8 +237,30 @@ def csr_kl_numerator_loop(indptr, indices, data, F, G, eps, out):
                 p += U(1)
 
 
-@row_kernel
 def csr_kl_loss_rows(indptr, indices, data, F, G, eps, loss_rows):
+    """loss_rows[i] = sum over nonzeros of x log(x / wh) - x, in float64:
+    ``csr_kl_loss_rows_fixed`` where ``fixed_rank_rows``, else ``csr_kl_loss_rows_loop``."""
+    if fixed_rank_rows(F, G):
+        return csr_kl_loss_rows_fixed(indptr, indices, data, F, G, eps, loss_rows)
+    return csr_kl_loss_rows_loop(indptr, indices, data, F, G, eps, loss_rows)
+
+
+@rank_kernel
+def csr_kl_loss_rows_fixed(indptr, indices, data, F, G, eps, loss_rows, rank):
+    """The KL loss rows with r = ``rank`` fixed at compile time: F_i in registers, four
+    nonzeros' dot products reduced together and their logarithms as one vector
+    (``_fixed_rank.kl_row_loss``)."""
+    nnz = U(indptr[indptr.shape[0] - 1])
+    spill = spills(G, U(rank) * U(G.itemsize))
+    bounds = row_chunks(indptr, N_CHUNKS)
+    for c in prange(bounds.shape[0] - 1):
+        for i in range(bounds[c], bounds[c + 1]):
+            loss_rows[i] = kl_row_loss(i, F, G, indices, data, U(indptr[i]),
+                                       U(indptr[i + 1]), nnz, spill, eps, rank)
+
+
+@row_kernel
+def csr_kl_loss_rows_loop(indptr, indices, data, F, G, eps, loss_rows):
     """loss_rows[i] = sum over nonzeros of x log(x / wh) - x, in float64.
 
     The sum over all entries of WH is added by the caller from column sums. Four nonzeros
