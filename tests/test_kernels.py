@@ -360,22 +360,28 @@ def test_csr_times_dense_every_rank(dtype, idx_dtype):
             assert len(ks.csr_times_dense_fixed.signatures) == before
 
 
+def kl_rank_cases(dtype, idx_dtype, seed):
+    """(r, A, F, G) for every rank of ``FIXED_RANKS``: a 40 x 30 CSR count matrix with stored
+    zeros, F (40 x r) and G (30 x r) with two all-zero rows (WH = 0 < eps there)."""
+    rng = np.random.default_rng(seed)
+    A = sp.random(40, 30, density=0.2, format="csr", random_state=rng, dtype=np.float64)
+    A.data = rng.integers(0, 9, size=A.nnz).astype(np.float64)   # some stored zeros
+    A = sp.csr_matrix((A.data.astype(dtype), A.indices.astype(idx_dtype),
+                       A.indptr.astype(idx_dtype)), shape=A.shape)
+    for r in FIXED_RANKS:
+        F = np.ascontiguousarray(rng.uniform(0.2, 1.2, (40, r)), dtype=dtype)
+        G = rng.uniform(0.2, 1.2, (30, r))
+        G[[3, 17]] = 0.0
+        yield r, A, F, np.ascontiguousarray(G, dtype=dtype)
+
+
 @pytest.mark.parametrize("dtype,idx_dtype", FIXED_CASES, ids=lambda d: np.dtype(d).name)
 def test_csr_kl_numerator_every_rank(dtype, idx_dtype):
     """The KL numerator at every rank of ``FIXED_RANKS`` (both kernels, by the rule) against
     the NumPy reference, with stored zeros and gathered rows of zeros (WH = 0 < eps, so the
     guard must apply); the output starts as NaN."""
-    rng = np.random.default_rng(8)
-    A = sp.random(40, 30, density=0.2, format="csr", random_state=rng, dtype=np.float64)
-    A.data = rng.integers(0, 9, size=A.nnz).astype(np.float64)   # some stored zeros
-    A = sp.csr_matrix((A.data.astype(dtype), A.indices.astype(idx_dtype),
-                       A.indptr.astype(idx_dtype)), shape=A.shape)
     eps = kernel_eps(dtype)
-    for r in FIXED_RANKS:
-        F = np.ascontiguousarray(rng.uniform(0.2, 1.2, (40, r)), dtype=dtype)
-        G = rng.uniform(0.2, 1.2, (30, r))
-        G[[3, 17]] = 0.0
-        G = np.ascontiguousarray(G, dtype=dtype)
+    for r, A, F, G in kl_rank_cases(dtype, idx_dtype, seed=8):
         out = np.full((40, r), np.nan, dtype=dtype)
         ks.csr_kl_numerator(A.indptr, A.indices, A.data, F, G, eps, out)
         assert_close(out, ref.kl_numerator(A, F, G, float(eps)), RTOL[dtype], f"r = {r}")
@@ -385,17 +391,8 @@ def test_csr_kl_numerator_every_rank(dtype, idx_dtype):
 def test_csr_kl_loss_rows_every_rank(dtype, idx_dtype):
     """The KL loss rows at every rank of ``FIXED_RANKS`` (both kernels, by the rule) against
     the reference, with stored zeros and gathered rows of zeros (the guard applies)."""
-    rng = np.random.default_rng(9)
-    A = sp.random(40, 30, density=0.2, format="csr", random_state=rng, dtype=np.float64)
-    A.data = rng.integers(0, 9, size=A.nnz).astype(np.float64)   # some stored zeros
-    A = sp.csr_matrix((A.data.astype(dtype), A.indices.astype(idx_dtype),
-                       A.indptr.astype(idx_dtype)), shape=A.shape)
     eps = kernel_eps(dtype)
-    for r in FIXED_RANKS:
-        F = np.ascontiguousarray(rng.uniform(0.2, 1.2, (40, r)), dtype=dtype)
-        G = rng.uniform(0.2, 1.2, (30, r))
-        G[[3, 17]] = 0.0
-        G = np.ascontiguousarray(G, dtype=dtype)
+    for r, A, F, G in kl_rank_cases(dtype, idx_dtype, seed=9):
         rows = np.full(40, np.nan)
         ks.csr_kl_loss_rows(A.indptr, A.indices, A.data, F, G, eps, rows)
         Y = ref.guarded_model(F, G, float(eps))

@@ -82,15 +82,18 @@ def _splat(builder, x, vector_type):
 FLAGS = ("contract", "reassoc", "nsz", "arcp")   # _jit.FASTMATH, as LLVM instruction flags
 
 
+def _arrays_ok(rank, *arrays):
+    """r is a literal >= 1 and the arrays are 2-D, C-contiguous, of one float dtype."""
+    return (isinstance(rank, types.IntegerLiteral) and rank.literal_value >= 1
+            and all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C"
+                    and a.dtype == arrays[0].dtype for a in arrays)
+            and isinstance(arrays[0].dtype, types.Float))
+
+
 def _typing_ok(rank, *rows):
-    """r is a literal, the factor-row arrays are 2-D, C-contiguous, of one float dtype, and
-    their rows fit (``fits``)."""
-    if not isinstance(rank, types.IntegerLiteral):
-        return False
-    if not all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C"
-               and a.dtype == rows[0].dtype and isinstance(a.dtype, types.Float) for a in rows):
-        return False
-    return fits(rank.literal_value, rows[0].dtype.bitwidth // 8)
+    """``_arrays_ok`` for factor-row arrays whose rows also fit (``fits``)."""
+    return (_arrays_ok(rank, *rows)
+            and fits(rank.literal_value, rows[0].dtype.bitwidth // 8))
 
 
 class _Rows:
@@ -586,14 +589,6 @@ class _Lanes(_Rows):
                 b.store(x, self.piece(row, q0, w), align=self.itemsize)
 
 
-def _lanes_ok(rank, *arrays):
-    """r is a literal >= 1 and the arrays are 2-D, C-contiguous, of one float dtype."""
-    return (isinstance(rank, types.IntegerLiteral) and rank.literal_value >= 1
-            and all(isinstance(a, types.Array) and a.ndim == 2 and a.layout == "C"
-                    and a.dtype == arrays[0].dtype for a in arrays)
-            and isinstance(arrays[0].dtype, types.Float))
-
-
 @intrinsic
 def hals_lane_sweep(typingctx, Ft, Pt, Q, active, change, normal, rank):
     """One HALS sweep over L = ``lanes`` rows at once, held transposed: Ft[q, l] is entry q
@@ -612,7 +607,7 @@ def hals_lane_sweep(typingctx, Ft, Pt, Q, active, change, normal, rank):
     one multiply-add only; the sums keep that order (no reassociation). Dividing by Q[k, k]
     is a multiplication by its reciprocal. No bounds checks: the caller allocates the
     buffers."""
-    if not (_lanes_ok(rank, Ft, Pt, Q)
+    if not (_arrays_ok(rank, Ft, Pt, Q)
             and isinstance(active, types.Array) and active.dtype == types.boolean
             and isinstance(change, types.Array) and change.dtype == Ft.dtype
             and isinstance(normal, types.Float)):
@@ -682,7 +677,7 @@ def hals_lane_sweep(typingctx, Ft, Pt, Q, active, change, normal, rank):
 def lanes_in(typingctx, Ft, Pt, F, P, i0, l1, rank):
     """Ft = rows i0 .. i0 + L - 1 of F transposed, (r, L); Pt the same of P, less l1
     (``hals_lane_sweep``'s layout). All C-contiguous, of one dtype; F, P have those rows."""
-    if not _lanes_ok(rank, Ft, Pt, F, P) or l1 != F.dtype:
+    if not _arrays_ok(rank, Ft, Pt, F, P) or l1 != F.dtype:
         return None
     sig = types.void(Ft, Pt, F, P, i0, l1, rank)
 
@@ -706,7 +701,7 @@ def lanes_in(typingctx, Ft, Pt, F, P, i0, l1, rank):
 @intrinsic
 def lanes_out(typingctx, F, i0, Ft, rank):
     """Rows i0 .. i0 + L - 1 of F = Ft transposed (the inverse of ``lanes_in``)."""
-    if not _lanes_ok(rank, F, Ft):
+    if not _arrays_ok(rank, F, Ft):
         return None
     sig = types.void(F, i0, Ft, rank)
 

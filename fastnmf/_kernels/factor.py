@@ -63,6 +63,14 @@ GRAM_BLOCKS = 16      # most row blocks of gram(); fixed, so the sum does not de
 GRAM_MIN_ROWS = 256   # fewest rows per block
 
 
+@inline_helper
+def gram_blocks(m):
+    """(rows per block, blocks) of ``gram`` and ``column_sums`` for m rows: fixed by m
+    alone, so their sums in block order do not depend on the thread count."""
+    block = max(GRAM_MIN_ROWS, (m + GRAM_BLOCKS - 1) // GRAM_BLOCKS)
+    return block, max(1, (m + block - 1) // block)
+
+
 @parallel_kernel
 def gram(G, out):
     """out = G^T G (r x r) for an m x r factor: partial Gram matrices of up to GRAM_BLOCKS
@@ -75,8 +83,7 @@ def gram(G, out):
     Block b writes only its own r x r partial; the sum is serial (r^2 GRAM_BLOCKS additions).
     """
     m, r = G.shape
-    block = max(GRAM_MIN_ROWS, (m + GRAM_BLOCKS - 1) // GRAM_BLOCKS)
-    nb = max(1, (m + block - 1) // block)
+    block, nb = gram_blocks(m)
     parts = np.empty((nb, r, r), dtype=G.dtype)
     for b in prange(nb):
         s = min(m, b * block)
@@ -98,8 +105,7 @@ def column_sums(G, out):
     dtype (the result does not depend on the thread count). NumPy's G.sum(axis=0) walks
     the columns of a C-contiguous G one at a time: 0.9 ms for 50,000 x 20 here."""
     m, r = G.shape
-    block = max(GRAM_MIN_ROWS, (m + GRAM_BLOCKS - 1) // GRAM_BLOCKS)
-    nb = max(1, (m + block - 1) // block)
+    block, nb = gram_blocks(m)
     parts = np.zeros((nb, r))
     for b in prange(nb):
         acc = np.zeros(r)
@@ -185,6 +191,22 @@ HALS_LANE_MAX_RANK = {8: 48, 4: 56} if WIDE_REGISTERS else {8: 24, 4: 48}
 GROUPS_PER_TASK = 16   # lane groups per task of hals_sweeps_lanes: one set of buffers each
 
 
+@inline_helper
+def rows_still_active(active, change, first, size, t, delta_sq):
+    """The stopping rule of both sweep kernels, after sweep t of a group's first ``size``
+    rows: sweep 0's squared change of an active row is its ``first``; a later sweep whose
+    change is <= delta_sq * first stops the row. Whether any row is still active."""
+    still = False
+    for ii in range(size):
+        if active[ii]:
+            if t == 0:
+                first[ii] = change[ii]
+            elif change[ii] <= delta_sq * first[ii]:
+                active[ii] = False
+            still = still or active[ii]
+    return still
+
+
 def hals_sweeps(F, P, Q, l1, max_sweeps, delta_sq):
     """Repeated HALS sweeps over the rows of F (see ``hals_sweeps_loop``): by
     ``hals_sweeps_lanes`` for C-contiguous arrays of one dtype up to r =
@@ -250,15 +272,7 @@ def hals_sweeps_lanes(F, P, Q, l1, max_sweeps, delta_sq, rank):
                 active[ll] = ll < size
             for t in range(max_sweeps):
                 hals_lane_sweep(Ft, Pt, Q, active, change, normal, rank)
-                still = False
-                for ll in range(size):
-                    if active[ll]:
-                        if t == 0:
-                            first[ll] = change[ll]
-                        elif change[ll] <= delta_sq * first[ll]:
-                            active[ll] = False
-                        still = still or active[ll]
-                if not still:
+                if not rows_still_active(active, change, first, size, t, delta_sq):
                     break
             if size == width:
                 lanes_out(F, s0, Ft, rank)
@@ -343,13 +357,5 @@ def hals_sweeps_loop(F, P, Q, l1, max_sweeps, delta_sq):
                             d = row_dot(Q, k, F, i, zero)
                             change[ii] += coordinate_step(F, P, i, k, l1, qkk, d, normal, zero)
                         ii += 1
-            still = False
-            for ii in range(size):
-                if active[ii]:
-                    if t == 0:
-                        first[ii] = change[ii]
-                    elif change[ii] <= delta_sq * first[ii]:
-                        active[ii] = False
-                    still = still or active[ii]
-            if not still:
+            if not rows_still_active(active, change, first, size, t, delta_sq):
                 break

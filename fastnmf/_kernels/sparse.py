@@ -67,26 +67,22 @@ def four_values(data, p):
 
 
 @inline_helper
-def kl_nonzero_term(x, wh, eps):
-    """x log(x / max(wh, eps)) - x in float64 (0 for an explicitly stored zero): the part of
-    d_KL(x | wh) = x log(x / wh) - x + wh that the sum of all of WH does not cover."""
-    if x == 0:
-        return 0.0
-    if wh < eps:
-        wh = eps
-    xf = float(x)
-    return xf * math.log(xf / float(wh)) - xf
-
-
-@inline_helper
 def kl_ratio(x, wh, eps):
-    """x / max(wh, eps) in float64 for ``kl_nonzero_term``'s log, 1 for x == 0 (whose term
-    x log(.) - x is then 0, as there)."""
+    """x / max(wh, eps) in float64, the argument of the KL term's log; 1 for x == 0, whose
+    term x log(.) - x is then 0 (``kl_nonzero_term``, ``log4`` in the loss rows)."""
     if x == 0:
         return 1.0
     if wh < eps:
         wh = eps
     return x / float(wh)
+
+
+@inline_helper
+def kl_nonzero_term(x, wh, eps):
+    """x log(x / max(wh, eps)) - x in float64 (0 for an explicitly stored zero): the part of
+    d_KL(x | wh) = x log(x / wh) - x + wh that the sum of all of WH does not cover."""
+    xf = float(x)
+    return xf * math.log(kl_ratio(xf, wh, eps)) - xf
 
 
 def fixed_rank_rows(*rows):
