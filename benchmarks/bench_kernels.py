@@ -61,10 +61,12 @@ WORK = {
                         "kernel): 2 nnz r flops; nnz (s + i) + m r s + n r s + 8 m bytes",
     "csr_kl_loss_rows_loop": "KL loss rows by the loop kernel: 2 nnz r flops; "
                              "nnz (s + i) + m r s + n r s + 8 m bytes",
-    "csr_beta_all_entries": "beta = 1.5 MU terms over all m n entries: 6 m n r flops; "
-                            "nnz (s + i) + 3 m r s + n r s bytes",
-    "csr_beta_all_entries_loss": "beta = 1.5 loss over all m n entries: 2 m n r flops; "
-                                 "nnz (s + i) + m r s + n r s + 8 m bytes",
+    "csr_beta_tiles": "beta = 1.5 MU terms over all m n entries, in tiles of WH (two GEMMs "
+                      "and m n vector powers): 4 m n r flops; nnz (s + i) + 3 m r s + "
+                      "n r s bytes",
+    "csr_beta_tiles_loss": "beta = 1.5 loss over all m n entries, in tiles of WH (one GEMM "
+                           "and m n vector powers): 2 m n r flops; nnz (s + i) + m r s + "
+                           "n r s + 8 m bytes",
     "dense_times": "out = X @ Ht by row blocks: 2 m n r flops; m n s + m r s + n r s bytes",
     "dense_times_T": "out = X^T @ W (C copy of X^T): 2 m n r flops; m n s + m r s + n r s",
     "dense_times_gt": "out = X @ Ht by row blocks, each as Ht^T X_b^T: 2 m n r flops; "
@@ -201,7 +203,7 @@ class SparseKernels(_KernelBench):
     params = [["csr_times_dense", "csr_times_dense_T", "csr_times_dense_loop",
                "csr_times_dense_add", "csr_kl_numerator", "csr_kl_numerator_loop",
                "csr_kl_numerator_add", "csr_kl_loss_rows", "csr_kl_loss_rows_loop",
-               "csr_beta_all_entries", "csr_beta_all_entries_loss"],
+               "csr_beta_tiles", "csr_beta_tiles_loss"],
               list(c.DTYPES), list(c.KERNEL_SIZES)]
 
     def setup_cache(self):
@@ -209,7 +211,7 @@ class SparseKernels(_KernelBench):
     setup_cache.timeout = 1800
 
     def _build(self, kernel, dtype, size):
-        all_entries = kernel.startswith("csr_beta_all_entries")
+        all_entries = kernel.startswith("csr_beta_tiles")
         m, n, nnz = (c.ALL_ENTRIES_SIZES if all_entries else c.SPARSE_SIZES)[size]
         X = c.sparse_counts(m, n, nnz, dtype)
         W = c.positive_factor(m, R, dtype, seed=1)
@@ -238,15 +240,16 @@ class SparseKernels(_KernelBench):
             f, eps = _kernel("sparse", kernel), _eps(dtype, 1.0)
             return (lambda: f(X.indptr, X.indices, X.data, W, Ht, eps, rows),
                     2 * nz * R, base + factors + 8 * m)
-        f = _kernel("sparse", "csr_beta_all_entries")
+        f = _kernel("sparse", "csr_beta_tiles")
+        from fastnmf._data import BETA_TILES
         beta, eps = T(1.5), _eps(dtype, 1.5)
-        if kernel == "csr_beta_all_entries":
+        if kernel == "csr_beta_tiles":
             num, den = np.empty_like(W), np.empty_like(W)
             return (lambda: f(X.indptr, X.indices, X.data, W, Ht, beta, eps, num, den, rows,
-                              True, False),
-                    6 * m * n * R, base + factors + 2 * m * R * s)
+                              True, False, *BETA_TILES),
+                    4 * m * n * R, base + factors + 2 * m * R * s)
         return (lambda: f(X.indptr, X.indices, X.data, W, Ht, beta, eps, W, W, rows,
-                          False, True),
+                          False, True, *BETA_TILES),
                 2 * m * n * R, base + factors + 8 * m)
 
 

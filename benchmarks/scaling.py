@@ -51,7 +51,7 @@ except ImportError:  # run from a source checkout without installing
 import numba
 from threadpoolctl import threadpool_limits
 
-from fastnmf._data import make_operator, wh_guard
+from fastnmf._data import BETA_TILES, make_operator, wh_guard
 from fastnmf._memory import aligned_copy
 from fastnmf._kernels import factor as kf
 from fastnmf._kernels import sparse as ks
@@ -137,10 +137,10 @@ def kernel_cases(X, op, W, Ht, all_entry_rows):
             lambda: ks.csr_kl_loss_rows(X.indptr, X.indices, X.data, W, Ht, eps, rows),
             2 * nnz * r, None),
         f"beta=1.5 terms, all entries ({all_entry_rows} rows)": (
-            lambda: ks.csr_beta_all_entries(Xs.indptr, Xs.indices, Xs.data, Ws, Ht, T(1.5),
-                                            wh_guard(dtype, 1.5), num_s, den_s, rows, True,
-                                            False),
-            6 * all_entry_rows * n * r, None),
+            lambda: ks.csr_beta_tiles(Xs.indptr, Xs.indices, Xs.data, Ws, Ht, T(1.5),
+                                      wh_guard(dtype, 1.5), num_s, den_s, rows, True, False,
+                                      *BETA_TILES),
+            4 * all_entry_rows * n * r, None),
         "MU Frobenius update (mu_apply_gram)": (
             lambda: kf.mu_apply_gram(F_mu, P, gram, zero, zero, one, tiny),
             2 * m * r * r + 5 * m * r, 3 * m * r * s),

@@ -603,10 +603,14 @@ def test_row_kernels_every_vector_remainder(dtype, idx_dtype, r, copy):
     assert_close(W, expected, RTOL[dtype], f"one HALS sweep r={r}")
 
 
+@pytest.mark.parametrize("tiles", [(3, 7), (32, 1024)], ids=["small-tiles", "whole-rows"])
 @pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
 @pytest.mark.parametrize("idx_dtype", IDX_DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_csr_beta_all_entries(dtype, idx_dtype, beta, threads):
+def test_csr_beta_tiles(dtype, idx_dtype, beta, tiles, threads):
+    """Terms and loss rows against the dense NumPy reference, with tiles that cut rows and
+    columns at odd places (a part block and a part tile at the ends) and with one tile of
+    whole rows."""
     T = np.dtype(dtype).type
     X = make_X(dtype, positive=beta <= 0)
     A = make_csr(X, idx_dtype, explicit_zeros=0 if beta <= 0 else 2)
@@ -621,8 +625,8 @@ def test_csr_beta_all_entries(dtype, idx_dtype, beta, threads):
             num = np.full(F.shape, sentinel, dtype=dtype)
             den = np.full(F.shape, sentinel, dtype=dtype)
             loss_rows = np.full(rows_n, -7.0)
-            ks.csr_beta_all_entries(mat.indptr, mat.indices, mat.data, F, G, T(beta), eps,
-                                    num, den, loss_rows, want_terms, want_loss)
+            ks.csr_beta_tiles(mat.indptr, mat.indices, mat.data, F, G, T(beta), eps,
+                              num, den, loss_rows, want_terms, want_loss, *tiles)
             tag = f"{what} beta={beta} terms={want_terms} loss={want_loss}"
             if want_terms:
                 assert_close(num, ref.beta_numerator(mat, F, G, beta, float(eps)),
@@ -1473,8 +1477,8 @@ def _run_csr_everything(dtype, idx_dtype):
         results.append(rows)
         for beta in (0.5, 1.5, 3.0):
             num, den, rows = np.empty_like(F), np.empty_like(F), np.empty(mat.shape[0])
-            ks.csr_beta_all_entries(mat.indptr, mat.indices, mat.data, F, G, T(beta), eps,
-                                    num, den, rows, True, True)
+            ks.csr_beta_tiles(mat.indptr, mat.indices, mat.data, F, G, T(beta), eps,
+                              num, den, rows, True, True, 3, 7)
             results += [num, den, rows]
     # factor kernels (row-parallel too)
     F = W.copy()
@@ -1638,7 +1642,7 @@ KERNELS = {
     "csr_kl_numerator_fixed": ks.csr_kl_numerator_fixed,
     "csr_kl_loss_rows_fixed": ks.csr_kl_loss_rows_fixed,
     "csr_kl_loss_rows_loop": ks.csr_kl_loss_rows_loop,
-    "csr_beta_all_entries": ks.csr_beta_all_entries,
+    "csr_beta_tiles": ks.csr_beta_tiles,
     "dense_times": kd.dense_times,
     "dense_times_gt": kd.dense_times_gt,
     "dense_times_transposed": kd.dense_times_transposed,

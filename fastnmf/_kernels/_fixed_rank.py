@@ -42,6 +42,7 @@ from numba.extending import intrinsic
 from .._jit import VECTOR_BYTES
 from ._prefetch import LINE, PREFETCH_DISTANCE
 from ._vector_math import log_lanes
+from ._vector_math import splat as _splat
 
 MAX_ROW_BYTES = 512   # rows up to 16 32-byte sums (float64 r <= 64, float32 r <= 128)
 
@@ -69,14 +70,6 @@ def _prefetch(builder, address):
     fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
     fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
     builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-
-
-def _splat(builder, x, vector_type):
-    """A vector of ``vector_type`` with every lane x."""
-    one = builder.insert_element(ir.Constant(vector_type, ir.Undefined), x,
-                                 ir.Constant(ir.IntType(32), 0))
-    mask = ir.Constant(ir.VectorType(ir.IntType(32), vector_type.count), [0] * vector_type.count)
-    return builder.shuffle_vector(one, ir.Constant(vector_type, ir.Undefined), mask)
 
 
 FLAGS = ("contract", "reassoc", "nsz", "arcp")   # _jit.FASTMATH, as LLVM instruction flags

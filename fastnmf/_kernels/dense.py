@@ -17,6 +17,7 @@ from numba import prange
 
 from .._jit import inline_helper, parallel_kernel
 from ._scalar import beta_divergence_entry
+from ._vector_math import power_in_place
 from .factor import mu_entry   # Numba's cache watches this file only: after a change to
                                # mu_entry, clear __pycache__/*.nb* (as for _scalar)
 
@@ -143,9 +144,11 @@ def dense_cross64(A, F, G, partial, block):
 @inline_helper
 def block_terms(A, s, WH, S, eps, bm1, kl, bf, want_terms, want_loss, loss_rows):
     """For the rows s .. s + len(WH) of A with their model rows WH (guarded below by eps):
-    with ``want_terms`` WH <- A o WH^(beta-2) and, unless kl, S <- WH^(beta-1) (bm1 = beta-1);
-    with ``want_loss`` loss_rows[s + ii] = sum_j d_beta(A_ij | WH_ij) in float64."""
+    with ``want_terms`` WH <- A o WH^(beta-2) and, unless kl, S <- WH^(beta-1) (bm1 = beta-1,
+    a float64; by the vector power ``power_in_place``); with ``want_loss``
+    loss_rows[s + ii] = sum_j d_beta(A_ij | WH_ij) in float64."""
     n = WH.shape[1]
+    powers = want_terms and not kl
     for ii in range(WH.shape[0]):
         acc = 0.0
         for j in range(n):
@@ -155,13 +158,15 @@ def block_terms(A, s, WH, S, eps, bm1, kl, bf, want_terms, want_loss, loss_rows)
             x = A[s + ii, j]
             if want_loss:
                 acc += beta_divergence_entry(x, wh, bf)
-            if want_terms:
-                if kl:
-                    WH[ii, j] = x / wh
-                else:
-                    d = wh**bm1
-                    S[ii, j] = d
-                    WH[ii, j] = x * d / wh
+            if powers:
+                S[ii, j] = wh
+                WH[ii, j] = wh
+            elif want_terms:
+                WH[ii, j] = x / wh
+        if powers:
+            power_in_place(S[ii], bm1)
+            for j in range(n):
+                WH[ii, j] = A[s + ii, j] * S[ii, j] / WH[ii, j]
         if want_loss:
             loss_rows[s + ii] = acc
 
@@ -177,7 +182,7 @@ def dense_beta_blocks(A, F, G, beta, eps, num, den, loss_rows, want_terms, want_
     """
     m, n = A.shape
     one = eps - eps + 1
-    bm1 = beta - one
+    bm1 = np.float64(beta) - 1.0
     kl = beta == one
     bf = float(beta)
     for b in prange((m + block - 1) // block):
@@ -209,7 +214,7 @@ def dense_mu_beta_w(A, W, Ht, beta, eps, l1, l2, gamma, tiny, partial_num, parti
     r = W.shape[1]
     zero = eps - eps
     one = zero + 1
-    bm1 = beta - one
+    bm1 = np.float64(beta) - 1.0
     kl = beta == one
     bf = float(beta)
     normal = np.finfo(W.dtype).tiny

@@ -31,7 +31,7 @@ from .._jit import inline_helper, parallel_kernel, rank_kernel, row_kernel
 from ._fixed_rank import fits, gather_row_sum, kl_row_loss, kl_row_numerator
 from ._prefetch import U, spills, take_four
 from ._scalar import beta_divergence_entry, four_dots, row_dot
-from ._vector_math import log4
+from ._vector_math import log4, power_in_place, power_sum
 
 N_CHUNKS = 256  # row ranges per call; static scheduling hands each thread ~N_CHUNKS/threads
 
@@ -292,43 +292,81 @@ def csr_kl_loss_rows_loop(indptr, indices, data, F, G, eps, loss_rows):
 
 
 @parallel_kernel
-def csr_beta_all_entries(indptr, indices, data, F, G, beta, eps, num, den, loss_rows,
-                         want_terms, want_loss):
-    """General beta on CSR: one pass over every entry (i, j) of row i, WH computed once.
+def csr_beta_tiles(indptr, indices, data, F, G, beta, eps, num, den, loss_rows, want_terms,
+                   want_loss, block, tile):
+    """General beta on CSR: every entry (i, j), zeros of X included, in tiles of WH.
 
-    With ``want_terms``:  num[i] = sum_j x_ij wh_ij^(beta-2) G_j  (nonzeros only),
-                          den[i] = sum_j wh_ij^(beta-1) G_j       (all n entries).
+    With ``want_terms``:  num[i] = sum_j x_ij wh_ij^(beta-2) G_j   (nonzeros only),
+                          den[i] = sum_j wh_ij^(beta-1) G_j        (all n entries).
     With ``want_loss``:   loss_rows[i] = sum_j d_beta(x_ij | wh_ij)  (float64).
-    Requires sorted, duplicate-free column indices. Costs O(n r) per row: the denominator of
-    a beta not in {1, 2} has no closed form over the zeros of X.
+    wh is guarded below by ``eps``; column indices sorted and duplicate-free.
+
+    Per block of ``block`` rows and tile of ``tile`` columns: WH_t = F_b G_t^T by one GEMM,
+    guarded. Terms: the nonzeros' wh are copied aside, WH_t is raised to beta - 1 in place
+    by the vector power (``power_in_place``), den_b += WH_t G_t by a second GEMM, and each
+    nonzero adds x wh^(beta-1) / wh G_j to num. Loss (beta > 0): sum_j wh^beta / beta over
+    the tile by the vector power (``power_sum``), plus d_beta(x | wh) - wh^beta / beta at
+    each nonzero; for beta <= 0 (validation allows it only without zeros in X) the
+    nonzeros' d_beta, and +inf for a row with zeros. The tile keeps WH_t in L2 across these
+    passes; the block amortizes the GEMMs' packing of G_t. 4 n r flops (terms; 2 n r for
+    the loss) and n powers per row: the denominator and the zeros' loss have no closed form
+    for a beta not in {1, 2}.
+
+    Threading contract: ``prange`` over fixed blocks of ``block`` rows (fixed by the shape,
+    never by the thread count); a block writes only its rows of num, den and loss_rows, and
+    its tile, partial and nonzero buffers are its own. Tiles run in order within a block
+    and BLAS runs single-threaded inside (the fit limits it to one thread), so a row's
+    result does not depend on the thread count.
     """
+    m = F.shape[0]
     n, r = G.shape
-    zero = eps - eps
-    one = zero + 1
-    bm1 = beta - one
-    for i in prange(F.shape[0]):  # every row costs O(n r): equal rows are balanced chunks
+    bf = np.float64(beta)
+    for b in prange((m + block - 1) // block):
+        s = b * block
+        e = min(m, s + block)
+        base = indptr[s]
+        wh_nz = np.empty(indptr[e] - base if want_terms else 0, dtype=F.dtype)
+        at = indptr[s:e].copy()          # each row's next nonzero, tile after tile
+        partial = np.empty((e - s, r), dtype=F.dtype)
+        acc = np.zeros(e - s)
         if want_terms:
-            for k in range(r):
-                num[i, k] = zero
-                den[i, k] = zero
-        p = indptr[i]
-        end = indptr[i + 1]
-        acc = 0.0
-        for j in range(n):
-            x = zero
-            if p < end and indices[p] == j:
-                x = data[p]
-                p += 1
-            wh = row_dot(F, i, G, j, zero)
-            if wh < eps:
-                wh = eps
+            num[s:e] = 0
+            den[s:e] = 0
+        for c0 in range(0, n, tile):
+            c1 = min(n, c0 + tile)
+            WH = np.dot(F[s:e], G[c0:c1].T)
+            for ii in range(e - s):
+                row = WH[ii]
+                for j in range(c1 - c0):
+                    if row[j] < eps:
+                        row[j] = eps
+                first = at[ii]
+                last = first
+                while last < indptr[s + ii + 1] and indices[last] < c1:
+                    last += 1
+                at[ii] = last
+                if want_loss:
+                    for p in range(first, last):
+                        wh = row[indices[p] - c0]
+                        acc[ii] += beta_divergence_entry(data[p], wh, bf)
+                        if bf > 0:
+                            acc[ii] -= float(wh) ** bf / bf
+                    if bf > 0:
+                        acc[ii] += power_sum(row, bf) / bf
+                if want_terms:
+                    for p in range(first, last):
+                        wh_nz[p - base] = row[indices[p] - c0]
+                    power_in_place(row, bf - 1.0)
+                    for p in range(first, last):
+                        j = indices[p]
+                        c = data[p] * row[j - c0] / wh_nz[p - base]
+                        for k in range(r):
+                            num[s + ii, k] += c * G[j, k]
             if want_terms:
-                d = wh**bm1
-                c = x * d / wh
-                for k in range(r):
-                    num[i, k] += c * G[j, k]
-                    den[i, k] += d * G[j, k]
-            if want_loss:
-                acc += beta_divergence_entry(x, wh, float(beta))
+                np.dot(WH, G[c0:c1], partial)
+                den[s:e] += partial
         if want_loss:
-            loss_rows[i] = acc
+            for ii in range(e - s):
+                if bf <= 0 and indptr[s + ii + 1] - indptr[s + ii] < n:
+                    acc[ii] = math.inf
+                loss_rows[s + ii] = acc[ii]
