@@ -35,7 +35,7 @@ def wh_guard(dtype, beta):
 # float64 tile of 256 KiB stays in L2 through its passes, and 32 rows amortize the GEMMs'
 # packing of the tile's G rows. Measured on the 50k problem (2 threads; ms per 1e8 entries,
 # float64 / float32): (32, 1024) 237-244 / 182-185; whole rows 309-400 / 203-230; blocks of
-# 2-8 whole rows 425-450 (packing).
+# 2-8 whole rows 425-450 (packing). Measured with the exp(a log x) power.
 BETA_TILES = (32, 1024)
 
 
