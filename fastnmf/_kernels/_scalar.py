@@ -1,6 +1,8 @@
 """Scalar helpers and short dot products shared by the kernels (inlined into them)."""
 import math
 
+import numpy as np
+
 from .._jit import inline_helper
 
 
@@ -11,8 +13,9 @@ def beta_divergence_entry(x, y, beta):
     beta == 0: Itakura-Saito, beta == 1: generalized KL, otherwise the beta-divergence
     (x^b + (b-1) y^b - b x y^(b-1)) / (b (b-1)). For x == 0 and beta > 0 this is y^b / b.
     """
-    x = float(x)
-    y = float(y)
+    x = np.float64(x)      # float() keeps a float32 a float32 in Numba
+    y = np.float64(y)
+    beta = np.float64(beta)
     if beta == 1.0:
         if x == 0.0:
             return y

@@ -24,7 +24,8 @@ exact), sums exp(t) by its Taylor series to t^14 / 14! (the first term left out 
 2e-19 of the sum), and adds k to the exponent bits. With log x within a few ulp, the power's
 relative error is about (|y| + 4) units of 2^-53, y = a log x: 2e-15 for |y| <= 10. Lanes
 that are not positive, normal and finite, or whose |y| exceeds 700 (where 2^k would leave
-the normal range), take the C library's ``pow`` instead, all eight. Measured (one thread,
+the normal range), take the C library's ``pow`` instead, all eight; zero lanes with a > 0
+stay in the vector (0^a = 0: the zeros of a dense X in its loss). Measured (one thread,
 10^7 elements): 2.07 ns an element against 18.6 for the C library's pow.
 
 Half-integer exponents (a = k / 2, 0 < |k| <= 7: beta - 1 and beta for beta = 0, 0.5, 1.5,
@@ -197,12 +198,16 @@ def pow_lanes(context, builder, v, a):
                        b.fcmp_ordered("<", v, _const(vd, math.inf))),
                 b.and_(b.fcmp_ordered("<=", y, _const(vd, EXP_RANGE)),
                        b.fcmp_ordered(">=", y, _const(vd, -EXP_RANGE))))
+    # 0^a = 0 for a > 0 (the zeros of a dense X in its loss): in the vector too
+    zero = b.fcmp_ordered("==", v, _const(vd, 0.0))
+    positive = b.fcmp_ordered(">", a, ir.Constant(ir.DoubleType(), 0.0))
+    ok = b.or_(ok, b.and_(zero, splat(b, positive, ir.VectorType(ir.IntType(1), n))))
     fast = b.icmp_unsigned("==", b.bitcast(ok, ir.IntType(n)),
                            ir.Constant(ir.IntType(n), (1 << n) - 1))
     scalar_pow = context.get_function(math.pow, types.float64(types.float64, types.float64))
     with b.if_else(fast, likely=True) as (vector_path, scalar_path):
         with vector_path:
-            quick = vector_exp(b, y)
+            quick = b.select(zero, _const(vd, 0.0), vector_exp(b, y))
             quick_block = b.block
         with scalar_path:
             slow = ir.Constant(vd, ir.Undefined)
@@ -339,6 +344,6 @@ def power_sum(row, a):
         total += power_lanes_sum(row, q, a)
         q += POWER_LANES
     while q < size:
-        total += float(row[q]) ** a
+        total += np.float64(row[q]) ** a
         q += 1
     return total

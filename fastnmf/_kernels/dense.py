@@ -17,7 +17,7 @@ from numba import prange
 
 from .._jit import inline_helper, parallel_kernel
 from ._scalar import beta_divergence_entry
-from ._vector_math import power_in_place
+from ._vector_math import power_in_place, power_sum
 from .factor import mu_entry   # Numba's cache watches this file only: after a change to
                                # mu_entry, clear __pycache__/*.nb* (as for _scalar)
 
@@ -145,10 +145,15 @@ def dense_cross64(A, F, G, partial, block):
 def block_terms(A, s, WH, S, eps, bm1, kl, bf, want_terms, want_loss, loss_rows):
     """For the rows s .. s + len(WH) of A with their model rows WH (guarded below by eps):
     with ``want_terms`` WH <- A o WH^(beta-2) and, unless kl, S <- WH^(beta-1) (bm1 = beta-1,
-    a float64; by the vector power ``power_in_place``); with ``want_loss``
-    loss_rows[s + ii] = sum_j d_beta(A_ij | WH_ij) in float64."""
+    bf = beta, float64s; by the vector power ``power_in_place``); with ``want_loss``
+    loss_rows[s + ii] = sum_j d_beta(A_ij | WH_ij) in float64. For a beta not in {0, 1} the
+    loss takes the powers too, in float64 whatever the dtype: with P = WH^(beta-1),
+    sum_j d_beta = (sum_j x^beta + sum_j P ((beta-1) wh - beta x)) / (beta (beta-1)), x^beta
+    by ``power_sum``; beta = 0 and 1 take ``beta_divergence_entry`` entry by entry."""
     n = WH.shape[1]
     powers = want_terms and not kl
+    general = want_loss and bf != 0.0 and not kl
+    P = np.empty(n if general else 0)
     for ii in range(WH.shape[0]):
         acc = 0.0
         for j in range(n):
@@ -156,13 +161,24 @@ def block_terms(A, s, WH, S, eps, bm1, kl, bf, want_terms, want_loss, loss_rows)
             if wh < eps:
                 wh = eps
             x = A[s + ii, j]
-            if want_loss:
+            if general:
+                P[j] = wh
+            elif want_loss:
                 acc += beta_divergence_entry(x, wh, bf)
             if powers:
                 S[ii, j] = wh
                 WH[ii, j] = wh
             elif want_terms:
                 WH[ii, j] = x / wh
+        if general:
+            acc = power_sum(A[s + ii], bf)
+            power_in_place(P, bm1)
+            for j in range(n):       # WH holds the raw wh (or the guarded one)
+                wh = WH[ii, j]
+                if wh < eps:
+                    wh = eps
+                acc += P[j] * (bm1 * wh - bf * A[s + ii, j])
+            acc /= bf * bm1
         if powers:
             power_in_place(S[ii], bm1)
             for j in range(n):
@@ -184,7 +200,7 @@ def dense_beta_blocks(A, F, G, beta, eps, num, den, loss_rows, want_terms, want_
     one = eps - eps + 1
     bm1 = np.float64(beta) - 1.0
     kl = beta == one
-    bf = float(beta)
+    bf = np.float64(beta)
     for b in prange((m + block - 1) // block):
         s = b * block
         e = min(m, s + block)
@@ -216,7 +232,7 @@ def dense_mu_beta_w(A, W, Ht, beta, eps, l1, l2, gamma, tiny, partial_num, parti
     one = zero + 1
     bm1 = np.float64(beta) - 1.0
     kl = beta == one
-    bf = float(beta)
+    bf = np.float64(beta)
     normal = np.finfo(W.dtype).tiny
     nb = (m + block - 1) // block
     if nb == 0:

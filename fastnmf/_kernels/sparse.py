@@ -74,14 +74,14 @@ def kl_ratio(x, wh, eps):
         return 1.0
     if wh < eps:
         wh = eps
-    return x / float(wh)
+    return np.float64(x) / np.float64(wh)   # float() keeps a float32 a float32 in Numba
 
 
 @inline_helper
 def kl_nonzero_term(x, wh, eps):
     """x log(x / max(wh, eps)) - x in float64 (0 for an explicitly stored zero): the part of
     d_KL(x | wh) = x log(x / wh) - x + wh that the sum of all of WH does not cover."""
-    xf = float(x)
+    xf = np.float64(x)
     return xf * math.log(kl_ratio(xf, wh, eps)) - xf
 
 
@@ -277,8 +277,8 @@ def csr_kl_loss_rows_loop(indptr, indices, data, F, G, eps, loss_rows):
             while p + U(3) < end:
                 j0, j1, j2, j3 = take_four(G, indices, p, nnz)
                 a0, a1, a2, a3 = four_dots(F, i, G, j0, j1, j2, j3, zero)
-                x0, x1 = float(data[p]), float(data[p + U(1)])
-                x2, x3 = float(data[p + U(2)]), float(data[p + U(3)])
+                x0, x1 = np.float64(data[p]), np.float64(data[p + U(1)])
+                x2, x3 = np.float64(data[p + U(2)]), np.float64(data[p + U(3)])
                 l0, l1, l2, l3 = log4(kl_ratio(x0, a0, eps), kl_ratio(x1, a1, eps),
                                       kl_ratio(x2, a2, eps), kl_ratio(x3, a3, eps))
                 acc += (((x0 * l0 - x0) + (x1 * l1 - x1))
@@ -350,7 +350,7 @@ def csr_beta_tiles(indptr, indices, data, F, G, beta, eps, num, den, loss_rows, 
                         wh = row[indices[p] - c0]
                         acc[ii] += beta_divergence_entry(data[p], wh, bf)
                         if bf > 0:
-                            acc[ii] -= float(wh) ** bf / bf
+                            acc[ii] -= np.float64(wh) ** bf / bf
                     if bf > 0:
                         acc[ii] += power_sum(row, bf) / bf
                 if want_terms:
