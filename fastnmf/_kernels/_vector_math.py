@@ -280,6 +280,40 @@ def power_lanes_sum(typingctx, row, p, a):
     return types.float64(row, p, a), codegen
 
 
+@intrinsic
+def log_lanes_row(typingctx, row, p):
+    """row[p:p + POWER_LANES] <- log(row[p:p + POWER_LANES]) in place (``log_lanes``) for a
+    1-D C-contiguous float64 array. No bounds check, as ``power_lanes``."""
+    if not (isinstance(row, types.Array) and row.ndim == 1 and row.layout == "C"
+            and row.dtype == types.float64 and isinstance(p, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(row)(context, builder, args[0]).data
+        vd = ir.VectorType(ir.DoubleType(), POWER_LANES)
+        start = context.cast(builder, args[1], signature.args[1], types.intp)
+        address = builder.bitcast(builder.gep(data, [start]), vd.as_pointer())
+        v = builder.load(address, align=8)
+        builder.store(log_lanes(context, builder, v), address, align=8)
+        return context.get_dummy_value()
+
+    return types.void(row, p), codegen
+
+
+@inline_helper
+def log_in_place(row):
+    """row <- log(row) elementwise for a 1-D C-contiguous float64 array: eight lanes at a
+    time by ``log_lanes_row``, the last few by ``math.log``."""
+    size = row.shape[0]
+    q = 0
+    while q + POWER_LANES <= size:
+        log_lanes_row(row, q)
+        q += POWER_LANES
+    while q < size:
+        row[q] = math.log(row[q])
+        q += 1
+
+
 @inline_helper
 def half_steps(a):
     """(whole, odd, invert) with |a| = whole + odd / 2 when 2a is an integer k with
