@@ -81,6 +81,8 @@ WORK = {
     "dense_beta_is": "IS (beta = 0) MU terms: 6 m n r flops; m n s + 3 m r s + n r s bytes",
     "dense_beta_1.5": "beta = 1.5 MU terms: 6 m n r flops; m n s + 3 m r s + n r s bytes",
     "dense_beta_loss": "KL loss rows, WH per block: 2 m n r flops; m n s + m r s + n r s + 8 m",
+    "dense_beta_loss_1.5": "beta = 1.5 loss rows (vector powers), WH per block: 2 m n r flops; "
+                           "m n s + m r s + n r s + 8 m",
     "dense_cross64": "<W, X Ht> in float64 (Frobenius loss of float32 X): 2 m n r + 2 m r "
                      "flops; m n s + 8 (m + n) r bytes",
     "mu_apply": "F *= num / den over m x r: 4 m r flops; 4 m r s bytes",
@@ -259,7 +261,7 @@ class DenseKernels(_KernelBench):
     positive variant), r = KERNEL_RANK, row blocks as DenseOperator picks them."""
     params = [["dense_times", "dense_times_T", "dense_times_gt", "dense_times_transposed",
                "dense_mu_frobenius_w", "dense_mu_kl_w", "dense_beta_kl", "dense_beta_is",
-               "dense_beta_1.5", "dense_beta_loss", "dense_cross64"],
+               "dense_beta_1.5", "dense_beta_loss", "dense_beta_loss_1.5", "dense_cross64"],
               list(c.DTYPES), list(c.KERNEL_SIZES)]
 
     def setup_cache(self):
@@ -340,9 +342,10 @@ class DenseKernels(_KernelBench):
         f = _kernel("dense", "dense_beta_blocks")
         rows = np.empty(m, dtype=np.float64)
         num, den = np.empty_like(W), np.empty_like(W)
-        if kernel == "dense_beta_loss":
-            eps = _eps(dtype, 1.0)
-            return (lambda: f(X, W, Ht, T(1.0), eps, W, W, rows, False, True, beta_block),
+        if kernel.startswith("dense_beta_loss"):
+            beta = 1.5 if kernel.endswith("1.5") else 1.0
+            eps = _eps(dtype, beta)
+            return (lambda: f(X, W, Ht, T(beta), eps, W, W, rows, False, True, beta_block),
                     2 * m * n * R, base + 8 * m)
         beta = {"dense_beta_kl": 1.0, "dense_beta_is": 0.0, "dense_beta_1.5": 1.5}[kernel]
         eps = _eps(dtype, beta)
