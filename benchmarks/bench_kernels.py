@@ -244,6 +244,11 @@ class SparseKernels(_KernelBench):
                     2 * nz * R, base + factors + 8 * m)
         f = _kernel("sparse", "csr_beta_tiles")
         from fastnmf._data import BETA_TILES
+        # its GEMMs run single-threaded inside the Numba blocks, as during a fit (the dense
+        # class explains the import)
+        import scipy.linalg.cython_blas  # noqa: F401
+        from threadpoolctl import threadpool_limits
+        self._limits = threadpool_limits(limits=1)
         beta, eps = T(1.5), _eps(dtype, 1.5)
         if kernel == "csr_beta_tiles":
             num, den = np.empty_like(W), np.empty_like(W)

@@ -604,7 +604,7 @@ def test_row_kernels_every_vector_remainder(dtype, idx_dtype, r, copy):
 
 
 @pytest.mark.parametrize("tiles", [(3, 7), (32, 1024)], ids=["small-tiles", "whole-rows"])
-@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
+@pytest.mark.parametrize("beta", [0.0, 0.5, 0.7, 1.0, 1.3, 1.5, 2.0, 3.0])
 @pytest.mark.parametrize("idx_dtype", IDX_DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_csr_beta_tiles(dtype, idx_dtype, beta, tiles, threads):
@@ -695,7 +695,7 @@ def test_dense_mu_frobenius_w(dtype, block, threads):
     assert_close(out, X64.T @ Wk.astype(np.float64), RTOL[dtype], f"X^T W block={block}")
 
 
-@pytest.mark.parametrize("beta", [1.0, 1.5, 0.5])
+@pytest.mark.parametrize("beta", [1.0, 1.5, 0.5, 1.3, 0.7])
 @pytest.mark.parametrize("block", [1, 7, 64])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_dense_mu_beta_w(dtype, block, beta, threads):
@@ -784,7 +784,7 @@ def test_dense_cross64(dtype, block, threads):
 
 
 @pytest.mark.parametrize("block", [1, 7, 64])
-@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0, 1.5, 3.0])
+@pytest.mark.parametrize("beta", [0.0, 0.5, 0.7, 1.0, 1.3, 1.5, 3.0])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_dense_beta_blocks_terms_and_loss(dtype, beta, block, threads):
     X = make_X(dtype, positive=beta <= 0)

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from fastnmf._jit import FASTMATH
-from fastnmf._kernels._vector_math import (LN2_HI, LN2_LO, log4, log_in_place, power_in_place,
-                                           power_sum)
+from fastnmf._kernels._vector_math import LN2_HI, LN2_LO, log4, log_in_place, power_in_place
 
 
 @numba.njit(cache=False)
@@ -75,11 +74,6 @@ def _power(x, a):
     power_in_place(x, a)
 
 
-@numba.njit(cache=False, fastmath=set(FASTMATH), error_model="numpy")
-def _power_sum(x, a):
-    return power_sum(x, a)
-
-
 EXPONENTS = [-1.7, -1.0, -0.5, 0.25, 0.5, 1.5, 2.5]
 
 
@@ -131,20 +125,6 @@ def test_power_special_values_and_out_of_range_lanes():
                 bound = (np.abs(a * np.log(np.abs(np.where(plain, x, 1.0)))) + 8.0) * 2.0**-53
             assert np.all(np.abs(got[plain] - want[plain]) <= bound[plain] * np.abs(want[plain]))
             np.testing.assert_array_equal(got[~plain], want[~plain])
-
-
-@pytest.mark.parametrize("a", [-0.5, 0.5, 1.5, 3.0])
-def test_power_sum(a):
-    """sum(x ** a) in float64 for float64 and float32 rows, against an exactly rounded sum
-    of NumPy's powers; rows of every length 0-19 take the scalar tail."""
-    rng = np.random.default_rng(3)
-    for dtype in (np.float64, np.float32):
-        x = rng.uniform(1e-3, 1e3, 10_007).astype(dtype)
-        for row in [x] + [x[:k] for k in range(20)]:
-            want = math.fsum(np.power(row.astype(np.float64), a))
-            got = _power_sum(row, a)
-            assert got == pytest.approx(want, rel=1e-14, abs=0.0)
-            assert np.array_equal(row, x[:row.size])      # the row is left as it was
 
 
 @numba.njit(cache=False, fastmath=set(FASTMATH), error_model="numpy")

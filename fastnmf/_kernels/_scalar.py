@@ -11,7 +11,8 @@ def beta_divergence_entry(x, y, beta):
     """d_beta(x | y) for one entry, in float64. ``y`` is already guarded (> 0).
 
     beta == 0: Itakura-Saito, beta == 1: generalized KL, otherwise the beta-divergence
-    (x^b + (b-1) y^b - b x y^(b-1)) / (b (b-1)). For x == 0 and beta > 0 this is y^b / b.
+    (x^b + (b-1) y^b - b x y^(b-1)) / (b (b-1)). For x == 0 this is y^b / b for beta > 0, inf
+    for beta < 0.
     """
     x = np.float64(x)      # float() keeps a float32 a float32 in Numba
     y = np.float64(y)
@@ -23,8 +24,8 @@ def beta_divergence_entry(x, y, beta):
     if beta == 0.0:
         q = x / y
         return q - math.log(q) - 1.0
-    if x == 0.0:
-        return y**beta / beta
+    if x == 0.0:            # 0^beta: 0 for beta > 0, inf below (validation keeps those out)
+        return y**beta / beta if beta > 0.0 else math.inf
     return (x**beta + (beta - 1.0) * y**beta - beta * x * y ** (beta - 1.0)) / (beta * (beta - 1.0))
 
 

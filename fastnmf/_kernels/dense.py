@@ -16,7 +16,7 @@ import numpy as np
 from numba import prange
 
 from .._jit import inline_helper, parallel_kernel
-from ._vector_math import log_in_place, power_in_place, power_sum
+from ._vector_math import log_in_place, power_in_place
 from .factor import mu_entry   # Numba's cache watches this file only: after a change to
                                # mu_entry, clear __pycache__/*.nb* (as for _scalar)
 
@@ -152,9 +152,9 @@ def block_terms(A, s, WH, S, eps, bm1, kl, bf, want_terms, want_loss, loss_rows)
     bf = beta, float64s; by the vector power ``power_in_place``); with ``want_loss``
     loss_rows[s + ii] = sum_j d_beta(A_ij | WH_ij) in float64, from a float64 row P of
     vector powers or logarithms:
-      beta not in {0, 1}: P = wh^(beta-1), and
-                          sum_j d = (sum_j x^beta + sum_j P ((beta-1) wh - beta x)) / (beta (beta-1))
-                          with x^beta by ``power_sum``;
+      beta not in {0, 1}: P = wh^(beta-1), Q = x^beta, and
+                          sum_j d = sum_j (Q + ((beta-1) wh - beta x) P) / (beta (beta-1)),
+                          each entry's terms cancelling at its own scale;
       beta = 1 (KL):      P = log(x / wh) (0 where x = 0), sum_j d = sum_j (x P - x + wh);
       beta = 0 (IS):      P = log(x / wh), sum_j d = sum_j (x / wh - P - 1).
     Each pass over a row is one simple loop (no branch that depends on the entry), so LLVM
@@ -164,6 +164,7 @@ def block_terms(A, s, WH, S, eps, bm1, kl, bf, want_terms, want_loss, loss_rows)
     logs = bf == 0.0 or kl
     at_zero = 1.0 if kl else 0.0     # the ratio for x = 0: KL's term is 0, IS's inf
     P = np.empty(n if want_loss else 0)
+    Q = np.empty(n if want_loss and not logs else 0)
     for ii in range(WH.shape[0]):
         x = A[s + ii]
         if want_loss:
@@ -180,10 +181,12 @@ def block_terms(A, s, WH, S, eps, bm1, kl, bf, want_terms, want_loss, loss_rows)
             else:
                 for j in range(n):
                     P[j] = guarded(WH[ii, j], eps)
-                acc = power_sum(x, bf)
+                    Q[j] = x[j]
                 power_in_place(P, bm1)
+                power_in_place(Q, bf)
+                acc = 0.0
                 for j in range(n):
-                    acc += P[j] * (bm1 * guarded(WH[ii, j], eps) - bf * x[j])
+                    acc += Q[j] + P[j] * (bm1 * guarded(WH[ii, j], eps) - bf * x[j])
                 acc /= bf * bm1
             loss_rows[s + ii] = acc
         if want_terms:

@@ -1,6 +1,7 @@
 """CSR kernels: sparse-dense products and the fused beta-divergence terms.
 
-Threading contract (every kernel here): the outer ``prange`` runs over contiguous ranges of
+Threading contract (every kernel here but ``csr_beta_tiles``, which runs over fixed row
+blocks and calls BLAS inside: see its docstring): the outer ``prange`` runs over contiguous ranges of
 rows of the CSR matrix (``row_chunks``: about equal nonzeros + rows each, so power-law rows
 do not leave a thread idle); a range's iteration reads shared inputs and writes only its own
 rows of the outputs (and of ``loss_rows``), so there is no race and each row is computed by
@@ -31,7 +32,7 @@ from .._jit import inline_helper, parallel_kernel, rank_kernel, row_kernel
 from ._fixed_rank import fits, gather_row_sum, kl_row_loss, kl_row_numerator
 from ._prefetch import U, spills, take_four
 from ._scalar import beta_divergence_entry, four_dots, row_dot
-from ._vector_math import log4, power_in_place, power_sum
+from ._vector_math import log4, power_in_place
 
 N_CHUNKS = 256  # row ranges per call; static scheduling hands each thread ~N_CHUNKS/threads
 
@@ -299,28 +300,34 @@ def csr_beta_tiles(indptr, indices, data, F, G, beta, eps, num, den, loss_rows, 
     With ``want_terms``:  num[i] = sum_j x_ij wh_ij^(beta-2) G_j   (nonzeros only),
                           den[i] = sum_j wh_ij^(beta-1) G_j        (all n entries).
     With ``want_loss``:   loss_rows[i] = sum_j d_beta(x_ij | wh_ij)  (float64).
-    wh is guarded below by ``eps``; column indices sorted and duplicate-free.
+    wh is guarded below by ``eps``; column indices sorted and duplicate-free (a kernel
+    precondition: an unsorted row would read the wrong column).
 
     Per block of ``block`` rows and tile of ``tile`` columns: WH_t = F_b G_t^T by one GEMM,
     guarded. Terms: the nonzeros' wh are copied aside, WH_t is raised to beta - 1 in place
     by the vector power (``power_in_place``), den_b += WH_t G_t by a second GEMM, and each
-    nonzero adds x wh^(beta-1) / wh G_j to num. Loss (beta > 0): sum_j wh^beta / beta over
-    the tile by the vector power (``power_sum``), plus d_beta(x | wh) - wh^beta / beta at
-    each nonzero; for beta <= 0 (validation allows it only without zeros in X) the
-    nonzeros' d_beta, and +inf for a row with zeros. The tile keeps WH_t in L2 across these
-    passes; the block amortizes the GEMMs' packing of G_t. 4 n r flops (terms; 2 n r for
-    the loss) and n powers per row: the denominator and the zeros' loss have no closed form
-    for a beta not in {1, 2}.
+    nonzero adds x wh^(beta-1) / wh G_j to num. Loss (beta > 0), with P = wh^(beta-1) in
+    float64 (a powered float64 copy of the tile row): each nonzero adds its whole
+    d_beta = (x^beta + ((beta-1) wh - beta x) P) / (beta (beta-1)) (KL's for beta = 1), so
+    its terms cancel at its own scale, and its P is then zeroed; the zeros add
+    sum wh P / beta over the tile (a vectorized loop); for
+    beta <= 0 (validation allows it only without zeros in X) the nonzeros' d_beta, and +inf
+    for a row with zeros. The tile keeps WH_t in L2 across these passes; the block
+    amortizes the GEMMs' packing of G_t. 4 n r flops (terms; 2 n r for the loss) and n
+    powers per row: the denominator and the zeros' loss have no closed form for a beta not
+    in {1, 2}.
 
-    Threading contract: ``prange`` over fixed blocks of ``block`` rows (fixed by the shape,
-    never by the thread count); a block writes only its rows of num, den and loss_rows, and
-    its tile, partial and nonzero buffers are its own. Tiles run in order within a block
-    and BLAS runs single-threaded inside (the fit limits it to one thread), so a row's
-    result does not depend on the thread count.
+    Threading contract (not the module's ``row_chunks``): ``prange`` over fixed blocks of
+    ``block`` rows (fixed by the shape, never by the thread count); a block writes only its
+    rows of num, den and loss_rows, and its tile, partial, power and nonzero buffers are its
+    own. Tiles run in order within a block and BLAS runs single-threaded inside (the fit
+    limits it to one thread), so a row's result does not depend on the thread count.
     """
     m = F.shape[0]
     n, r = G.shape
     bf = np.float64(beta)
+    bm1 = bf - 1.0
+    split = want_loss and bf > 0.0
     for b in prange((m + block - 1) // block):
         s = b * block
         e = min(m, s + block)
@@ -328,13 +335,16 @@ def csr_beta_tiles(indptr, indices, data, F, G, beta, eps, num, den, loss_rows, 
         wh_nz = np.empty(indptr[e] - base if want_terms else 0, dtype=F.dtype)
         at = indptr[s:e].copy()          # each row's next nonzero, tile after tile
         partial = np.empty((e - s, r), dtype=F.dtype)
+        buffer = np.empty((e - s) * min(n, tile), dtype=F.dtype)
+        P = np.empty(min(n, tile) if split else 0)
         acc = np.zeros(e - s)
         if want_terms:
             num[s:e] = 0
             den[s:e] = 0
         for c0 in range(0, n, tile):
             c1 = min(n, c0 + tile)
-            WH = np.dot(F[s:e], G[c0:c1].T)
+            WH = buffer[:(e - s) * (c1 - c0)].reshape((e - s, c1 - c0))
+            np.dot(F[s:e], G[c0:c1].T, WH)
             for ii in range(e - s):
                 row = WH[ii]
                 for j in range(c1 - c0):
@@ -345,18 +355,31 @@ def csr_beta_tiles(indptr, indices, data, F, G, beta, eps, num, den, loss_rows, 
                 while last < indptr[s + ii + 1] and indices[last] < c1:
                     last += 1
                 at[ii] = last
-                if want_loss:
+                if split:
+                    Pt = P[:c1 - c0]
+                    for j in range(c1 - c0):
+                        Pt[j] = row[j]
+                    power_in_place(Pt, bm1)
+                    for p in range(first, last):    # the whole d_beta, then out of the sum
+                        jt = indices[p] - c0
+                        wh = np.float64(row[jt])
+                        if bm1 == 0.0:              # KL (P = 1)
+                            acc[ii] += kl_nonzero_term(data[p], wh, eps) + wh
+                        else:
+                            x = np.float64(data[p])
+                            acc[ii] += (x**bf + (bm1 * wh - bf * x) * Pt[jt]) / (bf * bm1)
+                        Pt[jt] = 0.0
+                    zeros_part = 0.0
+                    for j in range(c1 - c0):
+                        zeros_part += np.float64(row[j]) * Pt[j]
+                    acc[ii] += zeros_part / bf
+                elif want_loss:
                     for p in range(first, last):
-                        wh = row[indices[p] - c0]
-                        acc[ii] += beta_divergence_entry(data[p], wh, bf)
-                        if bf > 0:
-                            acc[ii] -= np.float64(wh) ** bf / bf
-                    if bf > 0:
-                        acc[ii] += power_sum(row, bf) / bf
+                        acc[ii] += beta_divergence_entry(data[p], row[indices[p] - c0], bf)
                 if want_terms:
                     for p in range(first, last):
                         wh_nz[p - base] = row[indices[p] - c0]
-                    power_in_place(row, bf - 1.0)
+                    power_in_place(row, bm1)
                     for p in range(first, last):
                         j = indices[p]
                         c = data[p] * row[j - c0] / wh_nz[p - base]
