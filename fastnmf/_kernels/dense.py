@@ -142,6 +142,7 @@ def dense_cross64(A, F, G, partial, block):
 
 @inline_helper
 def guarded(wh, eps):
+    """wh bounded below by eps (a NaN stays NaN), as a select LLVM can vectorize."""
     return eps if wh < eps else wh
 
 
