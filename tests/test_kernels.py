@@ -1083,6 +1083,26 @@ def test_gram(dtype, m, threads):
     assert_close(out, G64.T @ G64, RTOL[dtype], f"gram m={m}")
 
 
+@pytest.mark.parametrize("beta", [0.5, 1.3, 1.5, 2.5])
+@pytest.mark.parametrize("fmt", ["dense", "csr"])
+def test_beta_loss_near_an_exact_fit(fmt, beta):
+    """At X = WH (1 + 1e-5 noise) the loss is about 1e-10 of sum x^beta, so its entries'
+    terms cancel almost entirely. Against an extended-precision reference of the per-entry
+    d_beta, the operators' float64 loss must stay within 5e-7 relative: each entry's terms
+    are added at its own scale (a row sum that grouped sum x^beta, or wh^beta by two
+    different powers, apart had 1e-6 - 6.5e-6)."""
+    rng = np.random.default_rng(5)
+    W = rng.random((40, 5))
+    H = rng.random((5, 300))
+    Y = W @ H
+    X = Y * (1.0 + 1e-5 * rng.standard_normal(Y.shape))
+    Xl, Yl, b = X.astype(np.longdouble), Y.astype(np.longdouble), np.longdouble(beta)
+    want = float(((Xl**b + (b - 1) * Yl**b - b * Xl * Yl**(b - 1)) / (b * (b - 1))).sum())
+    Xv = sp.csr_matrix(X) if fmt == "csr" else np.ascontiguousarray(X)
+    got = make_operator(Xv).loss(W, np.ascontiguousarray(H.T), beta)
+    assert abs(got / want - 1.0) <= 5e-7, (got, want)
+
+
 @pytest.mark.parametrize("m,n,partials", [(2000, 30, True), (30, 2000, False), (30, 20, False)])
 def test_dense_operator_transposed_product(m, n, partials):
     """X^T W on dense X: from per-block partials of a tall X (no transposed copy made, also
