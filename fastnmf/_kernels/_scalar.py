@@ -7,6 +7,12 @@ from .._jit import inline_helper
 
 
 @inline_helper
+def guarded(wh, eps):
+    """wh bounded below by eps (a NaN stays NaN), as a select LLVM can vectorize."""
+    return eps if wh < eps else wh
+
+
+@inline_helper
 def beta_divergence_entry(x, y, beta):
     """d_beta(x | y) for one entry, in float64. ``y`` is already guarded (> 0).
 

@@ -104,31 +104,46 @@ def vector_log(builder, v, terms=TERMS):
     return b.fadd(b.fmul(ef, dconst(LN2_HI), flags=EXACT), rest, flags=EXACT)
 
 
+def _const(vector_type, x):
+    return ir.Constant(vector_type, [x] * vector_type.count)
+
+
+def _vector_or_lanes(builder, ok, quick, scalar, v):
+    """IR: ``quick()`` (a vector) when every lane of the i1 vector ``ok`` is set, else
+    ``scalar(x)`` on each lane x of ``v`` (the C library's function), as one vector."""
+    n = v.type.count
+    fast = builder.icmp_unsigned("==", builder.bitcast(ok, ir.IntType(n)),
+                                 ir.Constant(ir.IntType(n), (1 << n) - 1))
+    with builder.if_else(fast, likely=True) as (vector_path, scalar_path):
+        with vector_path:
+            fast_value = quick()
+            fast_block = builder.block
+        with scalar_path:
+            slow = ir.Constant(v.type, ir.Undefined)
+            for j in range(n):
+                lane = ir.Constant(ir.IntType(32), j)
+                slow = builder.insert_element(slow, scalar(builder.extract_element(v, lane)),
+                                              lane)
+            slow_block = builder.block
+    result = builder.phi(v.type)
+    result.add_incoming(fast_value, fast_block)
+    result.add_incoming(slow, slow_block)
+    return result
+
+
+def _normal(builder, v):
+    """IR: which lanes of the float64 vector ``v`` are positive, normal and finite."""
+    vd = v.type
+    return builder.and_(builder.fcmp_ordered(">=", v, _const(vd, np.finfo(np.float64).tiny)),
+                        builder.fcmp_ordered("<", v, _const(vd, math.inf)))
+
+
 def log_lanes(context, builder, v):
     """IR: the natural logarithm of each lane of the float64 vector ``v``: ``vector_log``
     when every lane is positive, normal and finite, else ``math.log`` lane by lane."""
-    n = v.type.count
-    vd = v.type
-    normal = builder.fcmp_ordered(">=", v, ir.Constant(vd, [np.finfo(np.float64).tiny] * n))
-    finite = builder.fcmp_ordered("<", v, ir.Constant(vd, [math.inf] * n))
-    lanes = builder.bitcast(builder.and_(normal, finite), ir.IntType(n))
-    fast = builder.icmp_unsigned("==", lanes, ir.Constant(ir.IntType(n), (1 << n) - 1))
     scalar_log = context.get_function(math.log, types.float64(types.float64))
-    with builder.if_else(fast, likely=True) as (vector_path, scalar_path):
-        with vector_path:
-            quick = vector_log(builder, v)
-            quick_block = builder.block
-        with scalar_path:
-            slow = ir.Constant(vd, ir.Undefined)
-            for j in range(n):
-                lane = ir.Constant(ir.IntType(32), j)
-                slow = builder.insert_element(
-                    slow, scalar_log(builder, [builder.extract_element(v, lane)]), lane)
-            slow_block = builder.block
-    result = builder.phi(vd)
-    result.add_incoming(quick, quick_block)
-    result.add_incoming(slow, slow_block)
-    return result
+    return _vector_or_lanes(builder, _normal(builder, v), lambda: vector_log(builder, v),
+                            lambda x: scalar_log(builder, [x]), v)
 
 
 @intrinsic
@@ -152,10 +167,6 @@ def log4(typingctx, a, b, c, d):
 
     return sig, codegen
 
-
-
-def _const(vector_type, x):
-    return ir.Constant(vector_type, [x] * vector_type.count)
 
 
 def _vector_call(builder, name, args):
@@ -203,39 +214,33 @@ def pow_lanes(context, builder, v, a, single=False):
     n = vd.count
     log_terms, exp_terms = (SINGLE_TERMS, SINGLE_EXP_TERMS) if single else (TERMS, EXP_TERMS)
     y = b.fmul(vector_log(b, v, log_terms), splat(b, a, vd))
-    ok = b.and_(b.and_(b.fcmp_ordered(">=", v, _const(vd, np.finfo(np.float64).tiny)),
-                       b.fcmp_ordered("<", v, _const(vd, math.inf))),
-                b.and_(b.fcmp_ordered("<=", y, _const(vd, EXP_RANGE)),
-                       b.fcmp_ordered(">=", y, _const(vd, -EXP_RANGE))))
+    ok = b.and_(_normal(b, v), b.and_(b.fcmp_ordered("<=", y, _const(vd, EXP_RANGE)),
+                                      b.fcmp_ordered(">=", y, _const(vd, -EXP_RANGE))))
     # 0^a = 0 for a > 0 (the zeros of a dense X in its loss): in the vector too
     zero = b.fcmp_ordered("==", v, _const(vd, 0.0))
     positive = b.fcmp_ordered(">", a, ir.Constant(ir.DoubleType(), 0.0))
     ok = b.or_(ok, b.and_(zero, splat(b, positive, ir.VectorType(ir.IntType(1), n))))
-    fast = b.icmp_unsigned("==", b.bitcast(ok, ir.IntType(n)),
-                           ir.Constant(ir.IntType(n), (1 << n) - 1))
     scalar_pow = context.get_function(math.pow, types.float64(types.float64, types.float64))
-    with b.if_else(fast, likely=True) as (vector_path, scalar_path):
-        with vector_path:
-            quick = b.select(zero, _const(vd, 0.0), vector_exp(b, y, exp_terms))
-            quick_block = b.block
-        with scalar_path:
-            slow = ir.Constant(vd, ir.Undefined)
-            for j in range(n):
-                lane = ir.Constant(ir.IntType(32), j)
-                slow = b.insert_element(
-                    slow, scalar_pow(b, [b.extract_element(v, lane), a]), lane)
-            slow_block = b.block
-    result = b.phi(vd)
-    result.add_incoming(quick, quick_block)
-    result.add_incoming(slow, slow_block)
-    return result
+    return _vector_or_lanes(
+        b, ok, lambda: b.select(zero, _const(vd, 0.0), vector_exp(b, y, exp_terms)),
+        lambda x: scalar_pow(b, [x, a]), v)
 
 
-def _row_typing_ok(row, p, a):
-    """A 1-D C-contiguous float array, an integer position, a float64 exponent."""
+def _row_ok(row, p, dtypes):
+    """A 1-D C-contiguous array of one of ``dtypes`` and an integer position."""
     return (isinstance(row, types.Array) and row.ndim == 1 and row.layout == "C"
-            and isinstance(row.dtype, types.Float) and isinstance(p, types.Integer)
-            and a == types.float64)
+            and row.dtype in dtypes and isinstance(p, types.Integer))
+
+
+def _row_lanes(context, builder, signature, args):
+    """IR: (address, value) of the vector row[p:p + POWER_LANES] of the row intrinsics'
+    first two arguments (row, p), in the row's dtype."""
+    row = signature.args[0]
+    data = context.make_array(row)(context, builder, args[0]).data
+    vt = ir.VectorType(context.get_value_type(row.dtype), POWER_LANES)
+    start = context.cast(builder, args[1], signature.args[1], types.intp)
+    address = builder.bitcast(builder.gep(data, [start]), vt.as_pointer())
+    return address, builder.load(address, align=row.dtype.bitwidth // 8)
 
 
 @intrinsic
@@ -244,22 +249,18 @@ def power_lanes(typingctx, row, p, a):
     float64: the full series for a float64 row, the short one for a float32 row, whose
     result is rounded to float32), for a 1-D C-contiguous float array ``row``. No bounds
     check: the caller keeps p + POWER_LANES <= len(row)."""
-    if not _row_typing_ok(row, p, a):
+    if not (_row_ok(row, p, (types.float32, types.float64)) and a == types.float64):
         return None
 
     def codegen(context, builder, signature, args):
         b = builder
         single = row.dtype == types.float32      # stored as float32: the short series
-        data = context.make_array(row)(context, b, args[0]).data
-        vt = ir.VectorType(context.get_value_type(row.dtype), POWER_LANES)
-        start = context.cast(b, args[1], signature.args[1], types.intp)
-        address = b.bitcast(b.gep(data, [start]), vt.as_pointer())
-        v = b.load(address, align=row.dtype.bitwidth // 8)
+        address, v = _row_lanes(context, b, signature, args)
         if single:
             v = b.fpext(v, ir.VectorType(ir.DoubleType(), POWER_LANES))
         out = pow_lanes(context, b, v, args[2], single)
         if single:
-            out = b.fptrunc(out, vt)
+            out = b.fptrunc(out, address.type.pointee)
         b.store(out, address, align=row.dtype.bitwidth // 8)
         return context.get_dummy_value()
 
@@ -270,16 +271,11 @@ def power_lanes(typingctx, row, p, a):
 def log_lanes_row(typingctx, row, p):
     """row[p:p + POWER_LANES] <- log(row[p:p + POWER_LANES]) in place (``log_lanes``) for a
     1-D C-contiguous float64 array. No bounds check, as ``power_lanes``."""
-    if not (isinstance(row, types.Array) and row.ndim == 1 and row.layout == "C"
-            and row.dtype == types.float64 and isinstance(p, types.Integer)):
+    if not _row_ok(row, p, (types.float64,)):
         return None
 
     def codegen(context, builder, signature, args):
-        data = context.make_array(row)(context, builder, args[0]).data
-        vd = ir.VectorType(ir.DoubleType(), POWER_LANES)
-        start = context.cast(builder, args[1], signature.args[1], types.intp)
-        address = builder.bitcast(builder.gep(data, [start]), vd.as_pointer())
-        v = builder.load(address, align=8)
+        address, v = _row_lanes(context, builder, signature, args)
         builder.store(log_lanes(context, builder, v), address, align=8)
         return context.get_dummy_value()
 

@@ -16,6 +16,7 @@ import numpy as np
 from numba import prange
 
 from .._jit import inline_helper, parallel_kernel
+from ._scalar import guarded
 from ._vector_math import log_in_place, power_in_place
 from .factor import mu_entry   # Numba's cache watches this file only: after a change to
                                # mu_entry, clear __pycache__/*.nb* (as for _scalar)
@@ -138,12 +139,6 @@ def dense_cross64(A, F, G, partial, block):
             for k in range(r):
                 acc += F[i, k] * P[i - s, k]
         partial[b] = acc
-
-
-@inline_helper
-def guarded(wh, eps):
-    """wh bounded below by eps (a NaN stays NaN), as a select LLVM can vectorize."""
-    return eps if wh < eps else wh
 
 
 @inline_helper

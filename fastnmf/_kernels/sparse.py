@@ -31,7 +31,7 @@ from numba import prange
 from .._jit import inline_helper, parallel_kernel, rank_kernel, row_kernel
 from ._fixed_rank import fits, gather_row_sum, kl_row_loss, kl_row_numerator
 from ._prefetch import U, spills, take_four
-from ._scalar import beta_divergence_entry, four_dots, row_dot
+from ._scalar import beta_divergence_entry, four_dots, guarded, row_dot
 from ._vector_math import log4, power_in_place
 
 N_CHUNKS = 256  # row ranges per call; static scheduling hands each thread ~N_CHUNKS/threads
@@ -348,8 +348,7 @@ def csr_beta_tiles(indptr, indices, data, F, G, beta, eps, num, den, loss_rows, 
             for ii in range(e - s):
                 row = WH[ii]
                 for j in range(c1 - c0):
-                    if row[j] < eps:
-                        row[j] = eps
+                    row[j] = guarded(row[j], eps)
                 first = at[ii]
                 last = first
                 while last < indptr[s + ii + 1] and indices[last] < c1:
