@@ -225,7 +225,7 @@ rng = np.random.default_rng(0)
 X = {data}
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    fastnmf.nmf(X, 5, solver={solver!r}, beta_loss={loss!r}, max_iter=5, tol=0,
+    fastnmf.nmf(X, {rank}, solver={solver!r}, beta_loss={loss!r}, max_iter=5, tol=0,
                 random_state=0)
 """
 
@@ -252,8 +252,11 @@ class TimerawFirstFit:
     once in a subprocess): the cost of import + loading the cached kernels.
     numba_cache = "cold": ``NUMBA_CACHE_DIR`` is a new empty directory for every sample (set
     in the untimed part of the child), so every kernel the fit needs compiles.
+    numba_cache = "new-rank": every sample gets a copy of a cache populated by the same fit at
+    rank 5 (untimed) and fits at rank 7: what each new rank of a rank selection costs (a
+    problem this small compiles nothing per rank since ``_data.RANK_KERNEL_MIN_WORK``).
     """
-    params = [["hals-frobenius", "mu-kl"], list(c.STORAGES), ["warm", "cold"]]
+    params = [["hals-frobenius", "mu-kl"], list(c.STORAGES), ["warm", "cold", "new-rank"]]
     param_names = ["method", "storage", "numba_cache"]
     timeout = 600
     if c.QUICK:
@@ -266,6 +269,10 @@ class TimerawFirstFit:
         if numba_cache == "warm":         # populate the default on-disk cache, untimed
             stmt = self.timeraw_first_fit(method, storage, numba_cache)[0]
             subprocess.run([sys.executable, "-c", stmt], check=True)
+        elif numba_cache == "new-rank":   # a cache of the rank-5 fit, copied per sample
+            stmt = self.timeraw_first_fit(method, storage, "warm")[0]
+            env = dict(os.environ, NUMBA_CACHE_DIR=os.path.join(self.tmp, "rank5"))
+            subprocess.run([sys.executable, "-c", stmt], check=True, env=env)
 
     def teardown(self, method, storage, numba_cache):
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -273,9 +280,16 @@ class TimerawFirstFit:
     def timeraw_first_fit(self, method, storage, numba_cache):
         kw = c.METHODS[method]
         stmt = _FIRST_FIT.format(data=_DATA[storage], solver=kw["solver"],
-                                 loss=kw["beta_loss"])
+                                 loss=kw["beta_loss"], rank=7 if numba_cache == "new-rank" else 5)
         if numba_cache == "warm":
             return stmt, ""
+        if numba_cache == "new-rank":
+            rank5 = os.path.join(self.tmp, "rank5")
+            setup = ("import os, shutil, tempfile\n"
+                     f"cache = os.path.join(tempfile.mkdtemp(dir={self.tmp!r}), 'cache')\n"
+                     f"shutil.copytree({rank5!r}, cache)\n"
+                     "os.environ['NUMBA_CACHE_DIR'] = cache\n")
+            return stmt, setup
         setup = ("import os, tempfile\n"
                  f"os.environ['NUMBA_CACHE_DIR'] = tempfile.mkdtemp(dir={self.tmp!r})\n")
         return stmt, setup

@@ -189,20 +189,30 @@ def warm_up(dtype="float64", problem_ranks=()):
     """Compile (or load from cache) every kernel the timed fits use, dense and CSR, in the
     run's dtype: at the problems' own ranks (the fixed-rank CSR kernels are compiled per
     rank) and at the smallest rank that reaches each of the three compiled copies of the
-    loop row kernels (fastnmf picks one by the rank: ``fastnmf._jit.copy_for``)."""
+    loop row kernels (fastnmf picks one by the rank: ``fastnmf._jit.copy_for``). The warm-up
+    data is small, and problems that small take no rank-specialized kernel
+    (``fastnmf._data.RANK_KERNEL_MIN_WORK``), so it fits each case with that rule both
+    lowered to 0 and as it is: the timed problems are all above it."""
+    from fastnmf import _data
     from fastnmf._jit import copy_for
     t = time.perf_counter()
+    limit = getattr(_data, "RANK_KERNEL_MIN_WORK", 0)   # an older fastnmf: no such rule
     Xs = make_sparse_counts(300, 200, 3_000, 5, random_state=1).astype(dtype)
     Xd = make_dense_images(100, 64, 5, random_state=1).astype(dtype)
     itemsize = np.dtype(dtype).itemsize
     ranks = sorted({min(r for r in range(1, 65) if copy_for(r, itemsize) == c)
                     for c in ("interleaved", "single", "narrow")} | set(problem_ranks))
-    for X in (Xs, Xd):
-        for r in ranks:
-            W0, H0 = make_start(X, r, "random")
-            for _, fkw, skw, _ in PAIRS:
-                fit_fastnmf(X, W0, H0, r, 3, fkw)
-                fit_sklearn(X, W0, H0, r, 3, skw)
+    try:
+        for X in (Xs, Xd):
+            for r in ranks:
+                W0, H0 = make_start(X, r, "random")
+                for _, fkw, skw, _ in PAIRS:
+                    for work in (0, limit):
+                        _data.RANK_KERNEL_MIN_WORK = work
+                        fit_fastnmf(X, W0, H0, r, 3, fkw)
+                    fit_sklearn(X, W0, H0, r, 3, skw)
+    finally:
+        _data.RANK_KERNEL_MIN_WORK = limit
     return time.perf_counter() - t
 
 

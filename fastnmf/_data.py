@@ -39,7 +39,27 @@ def wh_guard(dtype, beta):
 BETA_TILES = (32, 1024)
 
 
+# The rank-specialized kernels (``_kernels._fixed_rank``: the CSR products, KL numerator and
+# KL loss, the per-row MU step, the HALS lane sweeps) and the loop kernels' per-rank copies
+# (``_jit.copy_for``) are compiled at the first fit at each new rank r, then cached on disk:
+# with the cache warm for other ranks, a small KL and HALS fit at a new rank took 5.1 s. A
+# problem whose work nnz * r is below this limit uses only code compiled once for every r
+# (the loop kernels' shared copy, ``RowKernel.shared``): 0.6 s. What that costs per iteration,
+# measured just above the limit (446k nonzeros, r = 20, 2 threads): MU 1.88 -> 2.62 ms, KL
+# 2.13 -> 3.11 ms, HALS 2.35 -> 3.61 ms (float64; float32 1.26 -> 1.76, 1.56 -> 2.49,
+# 1.51 -> 3.14 ms), so a 200-iteration fit below the limit gives up at most about 0.3 s,
+# against 1.3-3.2 s of compile per method at each new rank.
+RANK_KERNEL_MIN_WORK = 1 << 23
+
+
 class _Operator:
+    def rank_kernels(self, r):
+        """Whether this problem's fits at rank r use the rank-specialized kernels: where its
+        work nnz * r reaches ``RANK_KERNEL_MIN_WORK``. The same rule for dense and CSR
+        storage (nnz counts nonzero values in both), and decided by the problem alone, never
+        by what happens to be compiled, so a fit's result does not depend on earlier fits."""
+        return self.nnz * r >= RANK_KERNEL_MIN_WORK
+
     def frobenius_loss(self, W, Ht, cross_from=None):
         """0.5 ||X - W Ht^T||^2 = 0.5 (||X||^2 - 2 <W, X Ht> + <W^T W, Ht^T Ht>), in float64.
         ``cross_from`` = (F, P) with <F, P> = <W, X Ht>, when the caller already has the
@@ -76,15 +96,15 @@ PANEL_BYTES = 6 << 20
 PANEL_OUT_BYTES = 16 << 20
 
 
-def panel_count(m, n, G):
+def panel_count(m, n, G, by_rank=True):
     """How many column panels of X^T (m x n X) the products with the m x r factor ``G``
     run over. One unless G's rows take the fixed-rank kernels and G is larger than a panel:
     then ceil(G's bytes / PANEL_BYTES), so that a panel's rows of G stay in L3 while X^T W
     (n x r) is re-read and re-written per panel; one again when X^T W exceeds
     PANEL_OUT_BYTES. Measured on the Zen 4 host (300k x 50k, r = 32, X^T W): float64 8-16
     panels 1.64-1.65x, float32 8 panels 1.26x; 50k x 20k, r = 20: float64 2 panels 1.13x,
-    float32 (W of 4 MB) none."""
-    if not ks.fixed_rank_rows(G) or n * G.shape[1] * G.itemsize > PANEL_OUT_BYTES:
+    float32 (W of 4 MB) none. One where not ``by_rank`` (``_Operator.rank_kernels``)."""
+    if not (by_rank and ks.fixed_rank_rows(G)) or n * G.shape[1] * G.itemsize > PANEL_OUT_BYTES:
         return 1
     return max(1, min(-(-G.nbytes // PANEL_BYTES), m))
 
@@ -137,7 +157,7 @@ class CsrOperator(_Operator):
         """X^T's panels (see ``transposed_panels``), made on first use for the factor G."""
         if self._panels is None:
             m, n = self.shape
-            count = 1 if G is None else panel_count(m, n, G)
+            count = 1 if G is None else panel_count(m, n, G, self.rank_kernels(G.shape[1]))
             self._panels = transposed_panels(self.X, count)
         return self._panels
 
@@ -154,17 +174,21 @@ class CsrOperator(_Operator):
     def product(self, side, G, out):
         if side == "W":
             X = self.X
-            ks.csr_times_dense(X.indptr, X.indices, X.data, G, out)
+            ks.csr_times_dense(X.indptr, X.indices, X.data, G, out,
+                               by_rank=self.rank_kernels(G.shape[1]))
             return out
         return self._over_panels(G, ks.csr_times_dense, ks.csr_times_dense_add, (G,), out)
 
     def _over_panels(self, G, kernel, kernel_add, args, out):
         """``kernel(*panel, *args, out)`` on X^T's first panel, ``kernel_add`` (the same,
         adding to out's rows) on the others; a non-C-contiguous ``out`` is filled through a
-        C-contiguous scratch, which the ``_add`` kernels need."""
+        C-contiguous scratch, which the ``_add`` kernels need. One panel takes ``kernel``'s
+        own choice of kernel; several exist only where the fixed-rank ones are used."""
         panels = self.panels(G)
-        acc = out if len(panels) == 1 or ks.fixed_rank_rows(G, out) else (
-            np.empty_like(G, shape=out.shape))
+        if len(panels) == 1:
+            kernel(*panels[0], *args, out, by_rank=self.rank_kernels(G.shape[1]))
+            return out
+        acc = out if ks.fixed_rank_rows(G, out) else np.empty_like(G, shape=out.shape)
         kernel(*panels[0], *args, acc)
         for panel in panels[1:]:
             kernel_add(*panel, *args, acc)
@@ -176,7 +200,8 @@ class CsrOperator(_Operator):
         """<W, X Ht> with float64 products and sums (X's float32 values are exact in them)."""
         X = self.X
         P = np.empty_like(W64)
-        ks.csr_times_dense(X.indptr, X.indices, X.data, H64, P)
+        ks.csr_times_dense(X.indptr, X.indices, X.data, H64, P,
+                           by_rank=self.rank_kernels(H64.shape[1]))
         return float(np.vdot(W64, P))
 
     def beta_terms(self, side, F, G, beta, num, den):
@@ -184,7 +209,8 @@ class CsrOperator(_Operator):
         if beta == 1:
             if side == "W":
                 X = self.X
-                ks.csr_kl_numerator(X.indptr, X.indices, X.data, F, G, eps, num)
+                ks.csr_kl_numerator(X.indptr, X.indices, X.data, F, G, eps, num,
+                                    by_rank=self.rank_kernels(G.shape[1]))
             else:
                 self._over_panels(G, ks.csr_kl_numerator, ks.csr_kl_numerator_add,
                                   (F, G, eps), num)
@@ -204,7 +230,8 @@ class CsrOperator(_Operator):
             return self.frobenius_loss(W, Ht, cross_from)
         eps = wh_guard(self.dtype, beta)
         if beta == 1:
-            ks.csr_kl_loss_rows(X.indptr, X.indices, X.data, W, Ht, eps, rows)
+            ks.csr_kl_loss_rows(X.indptr, X.indices, X.data, W, Ht, eps, rows,
+                                by_rank=self.rank_kernels(W.shape[1]))
             col_W, col_H = np.empty(W.shape[1]), np.empty(W.shape[1])   # float64 sums
             column_sums(W, col_W)
             column_sums(Ht, col_H)

@@ -261,6 +261,14 @@ class RowKernel:
         """The compiled kernel for factor rows like the 2-D array ``rows``."""
         return getattr(self, copy_for(rows.shape[1], rows.itemsize))
 
+    @property
+    def shared(self):
+        """The copy for every rank (``interleaved``, LLVM's defaults), for calls that must
+        not compile anything for their rank: the problems below
+        ``_data.RANK_KERNEL_MIN_WORK``, where a new rank would otherwise compile the copy
+        its rank picks (2-4 s per kernel)."""
+        return self.interleaved
+
     def __reduce__(self):  # pickled by reference, like a module-level jitted function
         return _module_attribute, (self.__module__, self.__name__)
 

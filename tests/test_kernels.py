@@ -1566,7 +1566,8 @@ def test_transposed_panels_are_x_transposed():
 
 def test_panel_count_rule():
     """ceil(G's bytes / PANEL_BYTES) panels for rows of the fixed-rank kernels while X^T W
-    stays within PANEL_OUT_BYTES; one panel otherwise."""
+    stays within PANEL_OUT_BYTES; one panel otherwise, and where the problem takes the loop
+    kernels (``fixed`` False)."""
     from fastnmf._data import PANEL_BYTES, panel_count
     big = np.zeros((300_000, 32))
     assert panel_count(300_000, 50_000, big) == -(-big.nbytes // PANEL_BYTES) == 13
@@ -1577,11 +1578,59 @@ def test_panel_count_rule():
     assert panel_count(300_000, 5_000, np.zeros((300_000, 65))) == 1         # loop kernels
     assert panel_count(300_000, 5_000, np.asfortranarray(big)) == 1
     assert panel_count(30, 20, np.zeros((30, 4))) == 1
+    assert panel_count(300_000, 50_000, big, by_rank=False) == 1
+
+
+RANK_KERNELS = ("csr_times_dense_fixed", "csr_kl_numerator_fixed", "csr_kl_loss_rows_fixed",
+                "mu_apply_gram_fixed", "hals_sweeps_lanes")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_rank_kernels_only_for_problems_large_enough(dtype, monkeypatch):
+    """A problem whose work nnz * r is below RANK_KERNEL_MIN_WORK calls no rank-specialized
+    kernel and only the loop kernels' copy shared by every rank (so a small fit at a new
+    rank compiles nothing); at the limit every fit calls its rank kernels. Dense and CSR
+    storage of one matrix decide alike. MU (beta 1 and 2, the loss included) and HALS steps
+    agree both ways to rounding."""
+    import fastnmf._data as D
+    X = make_X(dtype)
+    A = make_csr(X, np.int32)
+    r = R
+    W = make_factor(M, dtype, 10)
+    Ht = make_factor(N, dtype, 11)
+    work = int(np.count_nonzero(X)) * r
+    called = []
+    for name in RANK_KERNELS:
+        module = ks if hasattr(ks, name) else kf
+        kern = getattr(module, name)
+        monkeypatch.setattr(module, name,
+                            lambda *a, _k=kern, _n=name: called.append(_n) or _k(*a))
+    for kern in (ks.csr_times_dense_loop, ks.csr_kl_numerator_loop, ks.csr_kl_loss_rows_loop,
+                 kf.hals_sweeps_loop):
+        for copy in ("single", "narrow"):     # picked by the rank: compiled per copy
+            monkeypatch.setattr(kern, copy, lambda *a, _n=copy: called.append(_n))
+    results = {}
+    for limit in (work + 1, work):
+        monkeypatch.setattr(D, "RANK_KERNEL_MIN_WORK", limit)
+        ops = [make_operator(check_X(X, 1.0)), make_operator(check_X(A, 1.0))]
+        assert [op.rank_kernels(r) for op in ops] == [limit == work] * 2
+        called.clear()
+        steps = []
+        for cls, beta in ((MU, 1.0), (MU, 2.0), (HALS, 2.0)):
+            s = cls(ops[1], W.copy(), Ht.copy(), beta, Penalty())
+            for _ in range(3):
+                loss = s.step(True)
+            steps += [s.W, s.Ht, np.array(loss)]
+        results[limit == work] = steps
+        assert set(called) == (set(RANK_KERNELS) if limit == work else set())
+    for k, (fixed, loop) in enumerate(zip(results[True], results[False])):
+        assert_close(fixed, loop, RTOL_STEP[dtype], f"output #{k}, rank kernels vs loops")
 
 
 def _csr_steps_in_panels(dtype, monkeypatch):
     import fastnmf._data as D
     monkeypatch.setattr(D, "PANEL_BYTES", 64)    # a panel per 2 (float64) or 4 rows of W
+    monkeypatch.setattr(D, "RANK_KERNEL_MIN_WORK", 0)   # panels need the fixed-rank kernels
     A = make_csr(make_X(dtype), np.int32, explicit_zeros=2)
     op = make_operator(check_X(A, 1.0))
     W = make_factor(M, dtype, 10, guard_rows=True)
@@ -1604,6 +1653,7 @@ def test_csr_operator_in_panels_any_output_layout(monkeypatch):
     (filled through a C-contiguous scratch: the adding kernels need one)."""
     import fastnmf._data as D
     monkeypatch.setattr(D, "PANEL_BYTES", 64)
+    monkeypatch.setattr(D, "RANK_KERNEL_MIN_WORK", 0)
     A = make_csr(make_X(np.float64), np.int32, explicit_zeros=2)
     op = make_operator(check_X(A, 1.0))
     W = make_factor(M, np.float64, 10, guard_rows=True)
@@ -1622,7 +1672,8 @@ def test_csr_operator_in_panels_any_output_layout(monkeypatch):
 def test_csr_operator_in_panels(dtype, monkeypatch):
     """X^T in 8-15 column panels: X^T W and the KL numerator of side H against the NumPy
     references, and every product, term and solver step bitwise the same at 1 and 2
-    threads; the steps agree with the one-piece operator's to rounding."""
+    threads; the steps agree with the one-piece operator's to rounding (which, on a problem
+    this small, runs the loop kernels)."""
     with numba_threads(1):
         A, W, Ht, one = _csr_steps_in_panels(dtype, monkeypatch)
     with numba_threads(2):

@@ -123,13 +123,15 @@ def column_sums(G, out):
 MU_BLOCK = 64  # rows per task of mu_apply_gram: one small GEMM each
 
 
-def mu_apply_gram(F, num, gram, l1, l2, gamma, tiny):
+def mu_apply_gram(F, num, gram, l1, l2, gamma, tiny, by_rank=True):
     """The Frobenius MU step F_i <- F_i * (num_i / max(F_i @ gram + l1 + l2 F_i, tiny)) **
     gamma: ``mu_apply_gram_fixed`` (the denominator per row, r fixed at compile time) for
     gamma = 1 and C-contiguous arrays of one dtype up to ``_fixed_rank.MU_ROW_MAX_RANK``,
-    else ``mu_apply_gram_blocks`` (one GEMM per 64-row block)."""
+    else ``mu_apply_gram_blocks`` (one GEMM per 64-row block), which ``by_rank`` False
+    (a problem too small for a compile per rank: ``_data.RANK_KERNEL_MIN_WORK``) always
+    takes."""
     r = F.shape[1]
-    if (gamma == 1 and r <= MU_ROW_MAX_RANK.get(F.itemsize, 0)
+    if (by_rank and gamma == 1 and r <= MU_ROW_MAX_RANK.get(F.itemsize, 0)
             and all(a.flags.c_contiguous and a.dtype == F.dtype for a in (F, num, gram))):
         return mu_apply_gram_fixed(F, num, gram, l1, l2, tiny)
     return mu_apply_gram_blocks(F, num, gram, l1, l2, gamma, tiny)
@@ -207,12 +209,15 @@ def rows_still_active(active, change, first, size, t, delta_sq):
     return still
 
 
-def hals_sweeps(F, P, Q, l1, max_sweeps, delta_sq):
+def hals_sweeps(F, P, Q, l1, max_sweeps, delta_sq, by_rank=True):
     """Repeated HALS sweeps over the rows of F (see ``hals_sweeps_loop``): by
     ``hals_sweeps_lanes`` for C-contiguous arrays of one dtype up to r =
-    ``HALS_LANE_MAX_RANK``, else by the loop kernel."""
+    ``HALS_LANE_MAX_RANK``, else by the loop kernel; ``by_rank`` False (as in
+    ``mu_apply_gram``): by the loop kernel's copy shared by every rank."""
     r = F.shape[1]
     T = F.dtype.type     # the scalars in F's dtype: a float32 sweep stays float32
+    if not by_rank:
+        return hals_sweeps_loop.shared(F, P, Q, T(l1), max_sweeps, T(delta_sq))
     if 1 <= r <= HALS_LANE_MAX_RANK.get(F.itemsize, 0) and all(
             a.flags.c_contiguous and a.dtype == F.dtype for a in (F, P, Q)):
         return hals_sweeps_lanes(F, P, Q, T(l1), max_sweeps, T(delta_sq))

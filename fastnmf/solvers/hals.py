@@ -43,5 +43,6 @@ class HALS(Solver):
         if l2:
             Q.flat[:: Q.shape[0] + 1] += l2
         T = self.dtype.type
-        hals_sweeps(F, P, Q, T(self.penalty.l1[side]), self._sweeps[side], T(DELTA * DELTA))
+        hals_sweeps(F, P, Q, T(self.penalty.l1[side]), self._sweeps[side], T(DELTA * DELTA),
+                    self.by_rank)
         self._remember_cross(F, P)

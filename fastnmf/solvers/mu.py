@@ -53,7 +53,7 @@ class MU(Solver):
         if self.beta == 2:
             if not ready:
                 self.op.product(side, G, num)
-            mu_apply_gram(F, num, self._gram, l1, l2, self.gamma, self.tiny)
+            mu_apply_gram(F, num, self._gram, l1, l2, self.gamma, self.tiny, self.by_rank)
             self._remember_cross(F, num)
         else:
             den = self._den[side]
