@@ -15,7 +15,7 @@ TimeFitThreads      method (3) x storage x threads (1/2/all)          medium, fl
 TimeInit            init (nndsvda/random) x storage                   medium, float64, r = 10
 TrackConvergence    method (4) x storage                              medium, float64, r = 10
 PeakMemFit          method (3) x storage                              large, float64, r = 10
-TimerawFirstFit     method (2) x storage x numba_cache (warm/cold)    tiny problem, new process
+TimerawFirstFit     method (2) x storage x numba_cache (3)            tiny problem, new process
 timeraw_import      -                                                 new process
 ==================  ===============================================  ==========================
 

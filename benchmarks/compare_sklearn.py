@@ -192,7 +192,8 @@ def warm_up(dtype="float64", problem_ranks=()):
     loop row kernels (fastnmf picks one by the rank: ``fastnmf._jit.copy_for``). The warm-up
     data is small, and problems that small take no rank-specialized kernel
     (``fastnmf._data.RANK_KERNEL_MIN_WORK``), so it fits each case with that rule both
-    lowered to 0 and as it is: the timed problems are all above it."""
+    lowered to 0 and as it is: the timed problems are above it (with ``--quick`` the sparse
+    ones are below)."""
     from fastnmf import _data
     from fastnmf._jit import copy_for
     t = time.perf_counter()

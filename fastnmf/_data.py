@@ -40,25 +40,28 @@ BETA_TILES = (32, 1024)
 
 
 # The rank-specialized kernels (``_kernels._fixed_rank``: the CSR products, KL numerator and
-# KL loss, the per-row MU step, the HALS lane sweeps) and the loop kernels' per-rank copies
-# (``_jit.copy_for``) are compiled at the first fit at each new rank r, then cached on disk:
-# with the cache warm for other ranks, a small KL and HALS fit at a new rank took 5.1 s. A
-# problem whose work nnz * r is below this limit uses only code compiled once for every r
-# (the loop kernels' shared copy, ``RowKernel.shared``): 0.6 s. What that costs per iteration,
-# measured just above the limit (446k nonzeros, r = 20, 2 threads): MU 1.88 -> 2.62 ms, KL
-# 2.13 -> 3.11 ms, HALS 2.35 -> 3.61 ms (float64; float32 1.26 -> 1.76, 1.56 -> 2.49,
-# 1.51 -> 3.14 ms), so a 200-iteration fit below the limit gives up at most about 0.3 s,
-# against 1.3-3.2 s of compile per method at each new rank.
+# KL loss, the per-row MU step, the HALS lane sweeps) are compiled at the first fit at each new
+# rank r (1.3-3.2 s per method), then cached on disk: with the cache warm for other ranks, a
+# small KL and HALS fit at a new rank took 5.1 s. A problem whose work per iteration,
+# nnz * r (the products) + (m + n) * r^2 (the factor steps), is below this limit uses only
+# code compiled once for every r (the loop kernels' shared copy, ``RowKernel.shared``, and
+# the GEMM-block MU step): 0.6 s. What that costs per iteration, rank kernels -> shared code,
+# 2 threads: at the limit (12,000 x 5,000, 264k nonzeros, r = 16) MU 0.82 -> 1.00 ms, KL
+# 0.99 -> 1.38, HALS 1.02 -> 1.51 (float64; float32 0.54 -> 0.77, 0.76 -> 1.05, 0.70 ->
+# 1.36); tall and very sparse (200,000 x 20,000, 210k nonzeros, r = 5) 2.35 -> 3.32, 3.17 ->
+# 3.81, 3.30 -> 4.79 ms. A 200-iteration fit below the limit gives up at most about 0.3 s.
 RANK_KERNEL_MIN_WORK = 1 << 23
 
 
 class _Operator:
     def rank_kernels(self, r):
         """Whether this problem's fits at rank r use the rank-specialized kernels: where its
-        work nnz * r reaches ``RANK_KERNEL_MIN_WORK``. The same rule for dense and CSR
-        storage (nnz counts nonzero values in both), and decided by the problem alone, never
-        by what happens to be compiled, so a fit's result does not depend on earlier fits."""
-        return self.nnz * r >= RANK_KERNEL_MIN_WORK
+        work nnz * r + (m + n) * r^2 reaches ``RANK_KERNEL_MIN_WORK``. The same rule for
+        dense and CSR storage (nnz counts nonzero values in both), and decided by the
+        problem alone, never by what happens to be compiled, so a fit's result does not
+        depend on earlier fits."""
+        m, n = self.shape
+        return self.nnz * r + (m + n) * r * r >= RANK_KERNEL_MIN_WORK
 
     def frobenius_loss(self, W, Ht, cross_from=None):
         """0.5 ||X - W Ht^T||^2 = 0.5 (||X||^2 - 2 <W, X Ht> + <W^T W, Ht^T Ht>), in float64.

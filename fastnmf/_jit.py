@@ -264,9 +264,9 @@ class RowKernel:
     @property
     def shared(self):
         """The copy for every rank (``interleaved``, LLVM's defaults), for calls that must
-        not compile anything for their rank: the problems below
-        ``_data.RANK_KERNEL_MIN_WORK``, where a new rank would otherwise compile the copy
-        its rank picks (2-4 s per kernel)."""
+        not compile anything for their rank (the problems below
+        ``_data.RANK_KERNEL_MIN_WORK``): ``for_rows`` may pick another copy, compiled on
+        first use."""
         return self.interleaved
 
     def __reduce__(self):  # pickled by reference, like a module-level jitted function

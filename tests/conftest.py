@@ -22,3 +22,14 @@ def problem():
 
 def as_format(X, fmt):
     return sp.csr_matrix(X) if fmt == "csr" else np.array(X)
+
+
+@pytest.fixture(params=["rank kernels", "shared kernels"])
+def kernel_rule(request, monkeypatch):
+    """Runs a test with the rank-specialized kernels and with the code shared by every rank.
+    The rule that picks one (``fastnmf._data.RANK_KERNEL_MIN_WORK``) would give the small
+    test problems the shared code only; here the limit is 0 or out of reach."""
+    import fastnmf._data as D
+    monkeypatch.setattr(D, "RANK_KERNEL_MIN_WORK",
+                        0 if request.param == "rank kernels" else 1 << 62)
+    return request.param

@@ -136,7 +136,7 @@ def test_same_seed_same_result_bitwise(init, fmt):
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs 2 threads")
 @pytest.mark.parametrize("solver,beta", [("hals", 2.0), ("mu", 2.0), ("mu", 1.0), ("mu", 0.5)])
-def test_sparse_fit_is_bitwise_identical_across_thread_counts(solver, beta):
+def test_sparse_fit_is_bitwise_identical_across_thread_counts(solver, beta, kernel_rule):
     X = sp.csr_matrix(random_problem(m=300, n=200, seed=9, density=0.1))
     kw = dict(beta_loss=beta, solver=solver, init="random", random_state=0, max_iter=15, tol=0)
     W1, H1, _ = fastnmf.nmf(X, 6, n_threads=1, **kw)

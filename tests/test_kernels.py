@@ -1060,7 +1060,7 @@ def operator_case(fmt, dtype, beta, guard_rows=False):
 
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_operator_product(fmt, dtype, threads):
+def test_operator_product(fmt, dtype, threads, kernel_rule):
     Xin, op, W, Ht = operator_case(fmt, dtype, 2.0)
     for side, G, rows, expected in (("W", Ht, M, ref.product(Xin, Ht)),
                                     ("H", W, N, ref.product(ref.dense64(Xin).T, W))):
@@ -1133,7 +1133,7 @@ def test_dense_operator_transposed_product(m, n, partials):
 @pytest.mark.parametrize("beta", [1.0, 0.5, 1.5, 3.0, 0.0])
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_operator_beta_terms(fmt, dtype, beta, threads):
+def test_operator_beta_terms(fmt, dtype, beta, threads, kernel_rule):
     Xin, op, W, Ht = operator_case(fmt, dtype, beta, guard_rows=True)
     eps = ref.wh_guard(dtype, beta)
     A = ref.dense64(Xin)
@@ -1159,7 +1159,7 @@ def test_operator_beta_terms(fmt, dtype, beta, threads):
 @pytest.mark.parametrize("beta", [2.0, 1.0, 0.5, 1.5, 3.0, 0.0])
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_operator_loss(fmt, dtype, beta, threads):
+def test_operator_loss(fmt, dtype, beta, threads, kernel_rule):
     Xin, op, W, Ht = operator_case(fmt, dtype, beta, guard_rows=beta != 2)
     expected = ref.model_loss(Xin, W, Ht, beta, eps=ref.wh_guard(dtype, beta))
     W0, Ht0 = W.copy(), Ht.copy()
@@ -1314,7 +1314,7 @@ def solver_case(fmt, dtype, beta):
 @pytest.mark.parametrize("beta", [2.0, 1.0, 0.5, 1.5, 3.0, 0.0])
 @pytest.mark.parametrize("fmt", ["dense", "csr-int32"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_mu_step(dtype, fmt, beta, pen, threads):
+def test_mu_step(dtype, fmt, beta, pen, threads, kernel_rule):
     Xin, Xv, W, Ht = solver_case(fmt, dtype, beta)
     kw = PENALTIES[pen]
     W_ref, Ht_ref = ref.mu_iteration(Xin, W, Ht, beta, eps=ref.wh_guard(dtype, beta),
@@ -1383,7 +1383,7 @@ def test_mu_fused_w_step_only_with_both_sides(beta):
 @pytest.mark.parametrize("pen", list(PENALTIES))
 @pytest.mark.parametrize("fmt", ["dense", "csr-int32", "csr-int64"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_hals_step(dtype, fmt, pen, threads):
+def test_hals_step(dtype, fmt, pen, threads, kernel_rule):
     Xin, Xv, W, Ht = solver_case(fmt, dtype, 2.0)
     kw = PENALTIES[pen]
     entries = nonzeros(Xin)
@@ -1421,7 +1421,7 @@ def _boundary_problem():
 
 
 @pytest.mark.parametrize("fmt", ["dense", "csr-stored-zeros"])
-def test_hals_stored_zeros_do_not_change_the_step(fmt):
+def test_hals_stored_zeros_do_not_change_the_step(fmt, kernel_rule):
     """The same X stored densely or as CSR with explicit zeros takes the same HALS step."""
     X, A = _boundary_problem()
     W = make_factor(M, np.float64, 20)
@@ -1439,7 +1439,7 @@ def test_hals_stored_zeros_do_not_change_the_step(fmt):
 
 @pytest.mark.parametrize("solver_cls,beta", [(MU, 1.0), (MU, 2.0), (HALS, 2.0)])
 @pytest.mark.parametrize("fmt", ["dense", "csr-int32"])
-def test_solver_single_side(solver_cls, beta, fmt):
+def test_solver_single_side(solver_cls, beta, fmt, kernel_rule):
     """update_W=False / update_H=False: the frozen factor is bit-for-bit unchanged, the other
     one matches the reference half-iteration."""
     dtype = np.float64
@@ -1532,7 +1532,7 @@ def _run_csr_everything(dtype, idx_dtype):
 
 @pytest.mark.parametrize("idx_dtype", IDX_DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_csr_bitwise_identical_across_threads(dtype, idx_dtype):
+def test_csr_bitwise_identical_across_threads(dtype, idx_dtype, kernel_rule):
     with numba_threads(1):
         one = _run_csr_everything(dtype, idx_dtype)
     with numba_threads(2):
@@ -1587,18 +1587,20 @@ RANK_KERNELS = ("csr_times_dense_fixed", "csr_kl_numerator_fixed", "csr_kl_loss_
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_rank_kernels_only_for_problems_large_enough(dtype, monkeypatch):
-    """A problem whose work nnz * r is below RANK_KERNEL_MIN_WORK calls no rank-specialized
-    kernel and only the loop kernels' copy shared by every rank (so a small fit at a new
-    rank compiles nothing); at the limit every fit calls its rank kernels. Dense and CSR
-    storage of one matrix decide alike. MU (beta 1 and 2, the loss included) and HALS steps
-    agree both ways to rounding."""
+    """A problem whose work nnz r + (m + n) r^2 is below RANK_KERNEL_MIN_WORK calls no
+    rank-specialized kernel, only the loop kernels' copy shared by every rank, and keeps X^T
+    in one panel (the panels' adding kernels are rank kernels), so a small fit at a new rank
+    compiles nothing; at the limit every fit calls its rank kernels. Dense and CSR storage of
+    one matrix decide alike (stored zeros do not count). MU (beta 1 and 2, the loss
+    included) and HALS steps agree both ways to rounding."""
     import fastnmf._data as D
-    X = make_X(dtype)
-    A = make_csr(X, np.int32)
+    monkeypatch.setattr(D, "PANEL_BYTES", 64)     # X^T in panels wherever the rule allows
+    A = make_csr(make_X(dtype), np.int32, explicit_zeros=2)
+    X = A.toarray()
     r = R
     W = make_factor(M, dtype, 10)
     Ht = make_factor(N, dtype, 11)
-    work = int(np.count_nonzero(X)) * r
+    work = int(np.count_nonzero(X)) * r + (M + N) * r * r
     called = []
     for name in RANK_KERNELS:
         module = ks if hasattr(ks, name) else kf
@@ -1623,6 +1625,7 @@ def test_rank_kernels_only_for_problems_large_enough(dtype, monkeypatch):
             steps += [s.W, s.Ht, np.array(loss)]
         results[limit == work] = steps
         assert set(called) == (set(RANK_KERNELS) if limit == work else set())
+        assert (len(ops[1].panels()) > 1) == (limit == work)
     for k, (fixed, loop) in enumerate(zip(results[True], results[False])):
         assert_close(fixed, loop, RTOL_STEP[dtype], f"output #{k}, rank kernels vs loops")
 
@@ -1747,7 +1750,7 @@ def _widening_signatures():
 
 
 @pytest.mark.parametrize("fmt", ["dense", "csr-int32"])
-def test_float32_stays_float32(fmt):
+def test_float32_stays_float32(fmt, kernel_rule):
     dtype = np.float32
     for beta in (2.0, 1.0, 0.5, 1.5, 3.0):
         Xin, Xv, W, Ht = solver_case(fmt, dtype, beta)

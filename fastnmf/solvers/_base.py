@@ -30,7 +30,7 @@ class Solver:
         self.penalty = penalty
         self.dtype = W.dtype
         self.sides = [s for s, on in (("W", update_W), ("H", update_H)) if on]
-        self.by_rank = op.rank_kernels(W.shape[1])   # kernels compiled per rank, or not
+        self.by_rank = op.rank_kernels(W.shape[1])   # kernels compiled per rank, or shared
         self._cross_from = None
 
     def factors(self, side):
