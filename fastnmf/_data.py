@@ -12,6 +12,8 @@ X.T, result n x r), and ``F`` / ``G`` denote (W, Ht) or (Ht, W) respectively.
 - ``loss(W, Ht, beta, cross_from)``: D_beta(X | W Ht^T) in float64, never forming an m x n
   product for sparse X (Gram identity for beta = 2, column sums for beta = 1).
 """
+import os
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -50,7 +52,24 @@ BETA_TILES = (32, 1024)
 # 0.99 -> 1.38, HALS 1.02 -> 1.51 (float64; float32 0.54 -> 0.77, 0.76 -> 1.05, 0.70 ->
 # 1.36); tall and very sparse (200,000 x 20,000, 210k nonzeros, r = 5) 2.35 -> 3.32, 3.17 ->
 # 3.81, 3.30 -> 4.79 ms. A 200-iteration fit below the limit gives up at most about 0.3 s.
-RANK_KERNEL_MIN_WORK = 1 << 23
+# Many fits of small matrices at one rank would rather pay the one compile: the environment
+# variable FASTNMF_RANK_KERNEL_MIN_WORK, read at import, sets the limit (0: always).
+def _min_work_from_env(default):
+    value = os.environ.get("FASTNMF_RANK_KERNEL_MIN_WORK", "").strip()
+    if not value:
+        return default
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = -1
+    if limit < 0:
+        raise ValueError(f"FASTNMF_RANK_KERNEL_MIN_WORK={value!r} must be a non-negative "
+                         "integer (the work nnz * r + (m + n) * r^2 from which fits use the "
+                         "rank-specialized kernels; 0: always).")
+    return limit
+
+
+RANK_KERNEL_MIN_WORK = _min_work_from_env(1 << 23)
 
 
 class _Operator:

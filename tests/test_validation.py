@@ -131,3 +131,23 @@ def test_duplicates_are_summed_like_scipy():
     dense = np.array([[0, 3.0, 0], [3.0, 0, 0], [0, 0, 9.0]])
     assert np.array_equal(A.toarray(), dense)
     assert info["loss"] == pytest.approx(0.5 * np.sum((dense - W @ H) ** 2), rel=1e-8)
+
+
+@pytest.mark.parametrize("value,limit", [("0", 0), (" 123 ", 123), ("-1", None), ("1e6", None),
+                                         ("many", None)])
+def test_rank_kernel_limit_from_the_environment(value, limit):
+    """FASTNMF_RANK_KERNEL_MIN_WORK sets the rank rule's limit at import; anything but a
+    non-negative integer stops the import with an error naming the variable."""
+    import os
+    import subprocess
+    import sys
+    code = "import fastnmf._data as D; print(D.RANK_KERNEL_MIN_WORK)"
+    env = dict(os.environ, FASTNMF_RANK_KERNEL_MIN_WORK=value)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if limit is None:
+        assert out.returncode != 0
+        assert "FASTNMF_RANK_KERNEL_MIN_WORK" in out.stderr
+        assert "non-negative integer" in out.stderr
+    else:
+        assert out.returncode == 0, out.stderr
+        assert int(out.stdout) == limit
