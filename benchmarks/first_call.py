@@ -41,7 +41,8 @@ FITS = {"kl+hals": [("mu", "kullback-leibler"), ("hals", "frobenius")],
 
 def run(cache_dir, fits, rank=4):
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
-    out = subprocess.run([sys.executable, "-c", CHILD.format(root=ROOT, fits=FITS[fits], rank=rank)],
+    child = CHILD.format(root=ROOT, fits=FITS[fits], rank=rank)
+    out = subprocess.run([sys.executable, "-c", child],
                          capture_output=True, text=True, env=env, check=True)
     imp, total = map(float, out.stdout.split())
     return imp, total
