@@ -272,7 +272,11 @@ class RowKernel:
     def __reduce__(self):  # pickled by reference, like a module-level jitted function
         return _module_attribute, (self.__module__, self.__name__)
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args, by_rank=True, **kwargs):
+        """The copy for the rows of the first 2-D array argument, or the ``shared`` copy
+        where ``by_rank`` is False."""
+        if not by_rank:
+            return self.shared(*args, **kwargs)
         for a in args:
             if getattr(a, "ndim", 0) == 2:
                 return self.for_rows(a)(*args, **kwargs)

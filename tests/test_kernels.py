@@ -1035,7 +1035,8 @@ def test_hals_sweeps_dispatch(monkeypatch):
     calls = []
     for name in ("hals_sweeps_lanes", "hals_sweeps_loop"):
         kern = getattr(kf, name)
-        monkeypatch.setattr(kf, name, lambda *a, _k=kern, _n=name: calls.append(_n) or _k(*a))
+        monkeypatch.setattr(kf, name, lambda *a, _k=kern, _n=name, **kw: calls.append(_n)
+                            or _k(*a, **kw))
     for layout, limit, want in (("C", 6, "hals_sweeps_lanes"), ("C", 5, "hals_sweeps_loop"),
                                 ("F", 6, "hals_sweeps_loop")):
         monkeypatch.setitem(kf.HALS_LANE_MAX_RANK, 8, limit)

@@ -216,12 +216,10 @@ def hals_sweeps(F, P, Q, l1, max_sweeps, delta_sq, by_rank=True):
     ``mu_apply_gram``): by the loop kernel's copy shared by every rank."""
     r = F.shape[1]
     T = F.dtype.type     # the scalars in F's dtype: a float32 sweep stays float32
-    if not by_rank:
-        return hals_sweeps_loop.shared(F, P, Q, T(l1), max_sweeps, T(delta_sq))
-    if 1 <= r <= HALS_LANE_MAX_RANK.get(F.itemsize, 0) and all(
+    if by_rank and 1 <= r <= HALS_LANE_MAX_RANK.get(F.itemsize, 0) and all(
             a.flags.c_contiguous and a.dtype == F.dtype for a in (F, P, Q)):
         return hals_sweeps_lanes(F, P, Q, T(l1), max_sweeps, T(delta_sq))
-    return hals_sweeps_loop(F, P, Q, T(l1), max_sweeps, T(delta_sq))
+    return hals_sweeps_loop(F, P, Q, T(l1), max_sweeps, T(delta_sq), by_rank=by_rank)
 
 
 @rank_kernel

@@ -100,11 +100,9 @@ def csr_times_dense(indptr, indices, data, B, out, by_rank=True):
     ``fixed_rank_rows``, else ``csr_times_dense_loop``. ``by_rank`` False (a problem too
     small for a compile per rank: ``_data.RANK_KERNEL_MIN_WORK``) takes the loop kernel's
     copy shared by every rank (``_jit.RowKernel.shared``)."""
-    if not by_rank:
-        return csr_times_dense_loop.shared(indptr, indices, data, B, out)
-    if fixed_rank_rows(B, out):
+    if by_rank and fixed_rank_rows(B, out):
         return csr_times_dense_fixed(indptr, indices, data, B, out, False)
-    return csr_times_dense_loop(indptr, indices, data, B, out)
+    return csr_times_dense_loop(indptr, indices, data, B, out, by_rank=by_rank)
 
 
 @rank_kernel
@@ -177,11 +175,9 @@ def csr_kl_numerator(indptr, indices, data, F, G, eps, out, by_rank=True):
     """out[i] = sum over nonzeros j of x_ij / max(F_i . G_j, eps) * G_j (the KL MU numerator):
     ``csr_kl_numerator_fixed`` where ``fixed_rank_rows``, else ``csr_kl_numerator_loop``
     (``by_rank`` as in ``csr_times_dense``)."""
-    if not by_rank:
-        return csr_kl_numerator_loop.shared(indptr, indices, data, F, G, eps, out)
-    if fixed_rank_rows(F, G, out):
+    if by_rank and fixed_rank_rows(F, G, out):
         return csr_kl_numerator_fixed(indptr, indices, data, F, G, eps, out, False)
-    return csr_kl_numerator_loop(indptr, indices, data, F, G, eps, out)
+    return csr_kl_numerator_loop(indptr, indices, data, F, G, eps, out, by_rank=by_rank)
 
 
 @rank_kernel
@@ -245,11 +241,9 @@ def csr_kl_loss_rows(indptr, indices, data, F, G, eps, loss_rows, by_rank=True):
     """loss_rows[i] = sum over nonzeros of x log(x / wh) - x, in float64:
     ``csr_kl_loss_rows_fixed`` where ``fixed_rank_rows``, else ``csr_kl_loss_rows_loop``
     (``by_rank`` as in ``csr_times_dense``)."""
-    if not by_rank:
-        return csr_kl_loss_rows_loop.shared(indptr, indices, data, F, G, eps, loss_rows)
-    if fixed_rank_rows(F, G):
+    if by_rank and fixed_rank_rows(F, G):
         return csr_kl_loss_rows_fixed(indptr, indices, data, F, G, eps, loss_rows)
-    return csr_kl_loss_rows_loop(indptr, indices, data, F, G, eps, loss_rows)
+    return csr_kl_loss_rows_loop(indptr, indices, data, F, G, eps, loss_rows, by_rank=by_rank)
 
 
 @rank_kernel
